@@ -1,0 +1,262 @@
+"""Class lists: the fixed label set of a run, its dataset ids, and how free text maps onto it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from offline_seg.errors import InvalidInputError
+
+VOC = (
+    "background, aeroplane, bicycle, bird, boat, bottle, bus, car, cat, chair, cow, dining-table, dog, "
+    "horse, motorbike, person, potted-plant, sheep, sofa, train, monitor"
+)
+CITYSCAPES = (
+    "background, road, sidewalk, building, wall, fence, pole, traffic-light, traffic-sign, tree, terrain, "
+    "sky, person, rider, car, truck, bus, train, motorcycle, bicycle"
+)
+CITYSCAPES_IDS = (0, 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+# COCO-81: `unlabeled` plus the 80 thing classes with their (non-contiguous) COCO category ids.
+COCO81_ENTRIES = (
+    (0, "unlabeled"), (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"),
+    (6, "bus"), (7, "train"), (8, "truck"), (9, "boat"), (10, "traffic-light"), (11, "fire-hydrant"),
+    (13, "stop-sign"), (14, "parking-meter"), (15, "bench"), (16, "bird"), (17, "cat"), (18, "dog"),
+    (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"), (24, "zebra"),
+    (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"),
+    (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports-ball"), (38, "kite"),
+    (39, "baseball-bat"), (40, "baseball-glove"), (41, "skateboard"), (42, "surfboard"),
+    (43, "tennis-racket"), (44, "bottle"), (46, "wine-glass"), (47, "cup"), (48, "fork"), (49, "knife"),
+    (50, "spoon"), (51, "bowl"), (52, "banana"), (53, "apple"), (54, "sandwich"), (55, "orange"),
+    (56, "broccoli"), (57, "carrot"), (58, "hot-dog"), (59, "pizza"), (60, "donut"), (61, "cake"),
+    (62, "chair"), (63, "couch"), (64, "potted-plant"), (65, "bed"), (67, "dining-table"), (70, "toilet"),
+    (72, "tv"), (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"), (77, "cell-phone"),
+    (78, "microwave"), (79, "oven"), (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"),
+    (85, "clock"), (86, "vase"), (87, "scissors"), (88, "teddy-bear"), (89, "hair-drier"),
+    (90, "toothbrush"),
+)
+DRAM = "background, bird, boat, bottle, cat, chair, cow, dog, horse, person, potted-plant, sheep"
+DRAM_IDS = (0, 3, 4, 5, 8, 9, 10, 12, 13, 15, 16, 17)
+
+_IRREGULAR_PLURALS = {
+    "people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
+    "knives": "knife", "leaves": "leaf", "shelves": "shelf", "geese": "goose", "feet": "foot",
+    "teeth": "tooth", "wolves": "wolf", "calves": "calf", "buses": "bus", "glasses": "glass",
+}
+_NO_SINGULAR = {"bus", "glass", "grass", "canvas", "cactus", "octopus", "asparagus", "hummus", "dress"}
+
+
+def _singular(word: str) -> str:
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if word in _NO_SINGULAR or len(word) <= 3:
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def label_key(text: str) -> str:
+    """The comparison key of a label: case, hyphen/underscore vs space, punctuation and plurals ignored.
+
+    Applied to both the class list and the LLM's words, so `Dining Tables` matches `dining-table`.
+    """
+    words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    return " ".join(_singular(word) for word in words)
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """An ordered label set. Index 0 is the background class; `ids` are the dataset's pixel values."""
+
+    names: tuple[str, ...]
+    ids: tuple[int, ...] = ()
+    ignore_index: int = 255
+    name: str = "custom"
+    _keys: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if len(self.names) < 2:
+            raise InvalidInputError("a class list needs a background class and at least one more label")
+        ids = self.ids or tuple(range(len(self.names)))
+        if len(ids) != len(self.names):
+            raise InvalidInputError(f"{len(self.names)} class names but {len(ids)} dataset ids")
+        object.__setattr__(self, "ids", tuple(int(i) for i in ids))
+        keys: dict[str, str] = {}
+        for label in self.names:
+            key = label_key(label)
+            if not key:
+                raise InvalidInputError(f"empty class name in {list(self.names)!r}")
+            if key in keys:
+                raise InvalidInputError(f"class names {keys[key]!r} and {label!r} are the same label")
+            keys[key] = label
+        object.__setattr__(self, "_keys", keys)
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def parse(cls, text: str, name: str = "custom") -> ClassList:
+        """`"background, cat, dog"` (commas or newlines); the first entry is background."""
+        names = [part.strip() for part in re.split(r"[,\n]", text) if part.strip()]
+        return cls(tuple(names), name=name)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ClassList:
+        """One class per line (or comma-separated); optional `id: name` lines give dataset ids."""
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"class list file not found: {path}")
+        names: list[str] = []
+        ids: list[int] = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            match = re.fullmatch(r"(\d+)\s*[:\t]\s*(.+)", line)
+            if match:
+                ids.append(int(match.group(1)))
+                names.append(match.group(2).strip())
+            else:
+                names.extend(part.strip() for part in line.split(",") if part.strip())
+        if ids and len(ids) != len(names):
+            raise InvalidInputError(f"{path}: give a dataset id on every line or on none")
+        return cls(tuple(names), tuple(ids), name=path.stem)
+
+    @classmethod
+    def preset(cls, name: str) -> ClassList:
+        try:
+            return PRESETS[name.lower()]()
+        except KeyError:
+            raise InvalidInputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+    # --- lookup -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    @property
+    def background(self) -> str:
+        return self.names[0]
+
+    @property
+    def foreground(self) -> tuple[str, ...]:
+        return self.names[1:]
+
+    def index(self, label: str) -> int:
+        return self.names.index(label)
+
+    def match(self, text: str) -> str | None:
+        """The class-list label that `text` names exactly (up to `label_key`), else None."""
+        return self._keys.get(label_key(text))
+
+    def find_all(self, text: str) -> list[str]:
+        """Labels named as whole words anywhere in `text`, longest first so `traffic-light` beats `light`."""
+        key = f" {label_key(text)} "
+        found: list[tuple[int, str]] = []
+        for label_k, label in sorted(self._keys.items(), key=lambda kv: -len(kv[0])):
+            position = key.find(f" {label_k} ")
+            if position >= 0:
+                key = key.replace(f" {label_k} ", " " + "_" * len(label_k) + " ")
+                found.append((position, label))
+        return [label for _, label in sorted(found)]
+
+    def lookup_table(self) -> np.ndarray:
+        """uint8/int LUT from dataset id to class index (ignore_index elsewhere), for ground truth."""
+        size = max(max(self.ids), self.ignore_index) + 1
+        table = np.full(size, self.ignore_index, dtype=np.int64)
+        for index, dataset_id in enumerate(self.ids):
+            table[dataset_id] = index
+        return table
+
+
+def _voc() -> ClassList:
+    return ClassList.parse(VOC, name="voc")
+
+
+def _cityscapes() -> ClassList:
+    return ClassList(ClassList.parse(CITYSCAPES).names, CITYSCAPES_IDS, name="cityscapes")
+
+
+def _coco81() -> ClassList:
+    return ClassList(tuple(n for _, n in COCO81_ENTRIES), tuple(i for i, _ in COCO81_ENTRIES), name="coco81")
+
+
+def _dram() -> ClassList:
+    return ClassList(ClassList.parse(DRAM).names, DRAM_IDS, name="dram")
+
+
+PRESETS = {"voc": _voc, "cityscapes": _cityscapes, "coco81": _coco81, "dram": _dram}
+
+
+def parse_label_list(text: str, classes: ClassList) -> list[str]:
+    """Labels of `classes` in an LLM reply such as `"1. Person\\n- dogs, sofa."`, in order, deduplicated.
+
+    Items are split on commas, semicolons, newlines, sentence ends and ` and `; list markers and quotes
+    are dropped;
+    an item survives only if it names a class-list label exactly (up to `label_key`).
+    """
+    labels: list[str] = []
+    for item in re.split(r"[,;\n]|\.\s|\band\b", text):
+        item = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", item).strip().strip("\"'`.:[]() ")
+        label = classes.match(item) if item else None
+        if label is not None and label not in labels:
+            labels.append(label)
+    return labels
+
+
+def parse_single_label(text: str, classes: ClassList) -> str | None:
+    """The one label an LLM reply names: an exact match of its first line, else the single label named
+    anywhere in it; None when it names none or several (the detection is then dropped)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    first = lines[0].strip().strip("\"'`.:*[]() ")
+    exact = classes.match(first)
+    if exact is not None:
+        return exact
+    named = classes.find_all(text)
+    return named[0] if len(named) == 1 else None
+
+
+def voc_palette(count: int = 256) -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved), flat RGB for `Image.putpalette`."""
+    palette: list[int] = []
+    for index in range(count):
+        r = g = b = 0
+        value = index
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette.extend((r, g, b))
+    return palette
+
+
+def ensure_names(labels: Iterable[str], classes: ClassList) -> list[str]:
+    """Map user-given labels (e.g. `--labels cat,dogs`) onto the class list, failing on unknown ones."""
+    result: list[str] = []
+    for text in labels:
+        label = classes.match(text)
+        if label is None:
+            raise InvalidInputError(f"label {text!r} is not in the class list ({', '.join(classes.names)})")
+        if label not in result:
+            result.append(label)
+    return result
+
+
+def as_class_list(value: ClassList | str | Sequence[str]) -> ClassList:
+    """Accept a ClassList, a preset name, a comma-separated string or a sequence of names."""
+    if isinstance(value, ClassList):
+        return value
+    if isinstance(value, str):
+        return ClassList.preset(value) if value.lower() in PRESETS else ClassList.parse(value)
+    return ClassList(tuple(value))

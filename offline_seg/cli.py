@@ -1,0 +1,298 @@
+"""`offline-seg`: a thin command line over the Python API. Heavy imports happen inside commands so
+`--help` is instant and `weights pull` is the only command that may go online."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from offline_seg.classes import PRESETS, ClassList
+from offline_seg.errors import InvalidInputError, OfflineSegError
+
+logger = logging.getLogger("offline_seg")
+
+
+def _go_offline() -> None:
+    """Make every Hugging Face library refuse the network, before any of them is imported."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def _class_list(preset: str | None, classes: str | None) -> ClassList:
+    if preset and classes:
+        raise click.UsageError("give --preset or --classes, not both")
+    if classes:
+        return ClassList.from_file(Path(classes)) if Path(classes).is_file() else ClassList.parse(classes)
+    return ClassList.preset(preset or "voc")
+
+
+def _collect_images(inputs: tuple[str, ...]) -> list[Path]:
+    from offline_seg.images import IMAGE_SUFFIXES
+
+    images: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            images.append(path)
+    return images
+
+
+class _Group(click.Group):
+    """Turns the toolkit's own errors into one clear line and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OfflineSegError as error:
+            click.secho(f"error: {error}", fg="red", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="offline_seg")
+def main() -> None:
+    """Training-free zero-shot semantic segmentation with open models, fully offline.
+
+    Start with `offline-seg demo` (tiny random models, no downloads), then get real weights with
+    `offline-seg weights pull` on a connected machine.
+    """
+
+
+def _segment_options(func):
+    options = [
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Class list preset (default: voc)."),
+        click.option("--classes", help='Custom class list: "background, a, b" or a text file (one per line).'),
+        click.option("--weights", "weights_dir", type=click.Path(path_type=Path), default=Path("weights"),
+                     show_default=True, help="Local weights directory."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+                     help="Output directory."),
+        click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda or cuda:1."),
+        click.option("--no-caption", is_flag=True, help="Ablation: tags only, no BLIP-2 caption."),
+        click.option("--no-pre-refine", is_flag=True, help="Ablation: tags go straight to the detector."),
+        click.option("--no-post-refine", is_flag=True, help="Ablation: detected phrases used as-is."),
+        click.option("--points", "num_points", type=click.IntRange(min=0), default=20, show_default=True,
+                     help="Positive points per box for SAM's second pass; 0 = box only."),
+        click.option("--labels", help='Given labels instead of recognition + pre-refinement, e.g. "cat, dog".'),
+        click.option("--llm", help="LLM backend, e.g. transformers:DIR (default: WEIGHTS/llm)."),
+        click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
+        click.option("--box-threshold", type=float, default=0.18, show_default=True),
+        click.option("--text-threshold", type=float, default=0.15, show_default=True),
+        click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Directory with pre_refine.txt / post_refine.txt replacing the paper's templates."),
+        click.option("-v", "--verbose", count=True, help="-v info, -vv debug (and model loading bars)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@_segment_options
+def segment(images: tuple[str, ...], **options) -> None:
+    """Segment IMAGES (files or folders) and write <name>.png, <name>_overlay.png and <name>.json."""
+    _go_offline()
+    _run_segment(_collect_images(images), **options)
+
+
+def _run_segment(
+    images: list[Path | None],
+    *,
+    preset,
+    classes,
+    weights_dir,
+    out_dir,
+    device,
+    no_caption,
+    no_pre_refine,
+    no_post_refine,
+    num_points,
+    labels,
+    llm,
+    unconstrained,
+    box_threshold,
+    text_threshold,
+    prompts_dir,
+    verbose,
+    demo_image=None,
+) -> None:
+    _setup_logging(verbose)
+    from tqdm import tqdm
+
+    from offline_seg.images import load_image
+    from offline_seg.outputs import save_result
+    from offline_seg.pipeline import Pipeline, PipelineConfig
+
+    config = PipelineConfig(
+        classes=_class_list(preset, classes),
+        weights_dir=weights_dir,
+        device=device,
+        use_caption=not no_caption,
+        pre_refine=not no_pre_refine,
+        post_refine=not no_post_refine,
+        num_points=num_points,
+        labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None,
+        llm=llm,
+        constrained=not unconstrained,
+        box_threshold=box_threshold,
+        text_threshold=text_threshold,
+        prompts_dir=prompts_dir,
+    )
+    pipeline = Pipeline(config)
+    failures: list[tuple[str, str]] = []
+    for path in tqdm(images, desc="segment", unit="img", disable=len(images) < 2):
+        name = "demo" if path is None else path.stem
+        try:
+            image = demo_image if path is None else load_image(path)
+            result = pipeline.segment(image)
+        except InvalidInputError as error:  # a bad image: report it, keep going (missing weights stop the run)
+            failures.append((name, str(error)))
+            click.secho(f"skipped {name}: {error}", fg="yellow", err=True)
+            continue
+        paths = save_result(result, image, out_dir, name, settings=config.summary())
+        found = sorted({label for label in result.instances.labels})
+        click.echo(f"{name}: {len(result.instances)} masks ({', '.join(found) or 'none'}) -> {paths.mask}")
+    if failures:
+        click.secho(f"{len(failures)} of {len(images)} image(s) failed", fg="red", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--weights", "weights_dir", type=click.Path(path_type=Path),
+              help="Weights directory; default: tiny random models written to OUT/tiny-weights.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-v", "--verbose", count=True)
+def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> None:
+    """Run the full chain on the bundled demo scene.
+
+    Without --weights it uses tiny randomly initialised models: the whole flow runs and writes every
+    output, but the tags, boxes and masks are meaningless.
+    """
+    _go_offline()
+    _setup_logging(verbose)
+    from offline_seg.demo import demo_image
+
+    if weights_dir is None:
+        from offline_seg.tiny import make_tiny_weights
+
+        weights_dir = out_dir / "tiny-weights"
+        if not (weights_dir / "weights.lock.json").is_file():
+            click.echo(f"writing tiny random models to {weights_dir} ...")
+            make_tiny_weights(weights_dir)
+        click.secho("note: tiny random weights -> the masks below are meaningless; they show the flow only.",
+                    fg="yellow")
+    _run_segment(
+        [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
+        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, llm=None,
+        unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
+        demo_image=demo_image(),
+    )
+
+
+# --- weights ------------------------------------------------------------------------------------
+@main.group()
+def weights() -> None:
+    """Manage the local weights directory (list, verify, pull, pack, make-tiny)."""
+
+
+_weights_dir_option = click.option(
+    "--weights", "weights_dir", type=click.Path(path_type=Path), default=Path("weights"), show_default=True
+)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+@weights.command("list")
+@_weights_dir_option
+def weights_list(weights_dir: Path) -> None:
+    """Show each model of the manifest: present or missing, size on disk, source."""
+    from offline_seg.weights import WeightsDir
+
+    store = WeightsDir(weights_dir)
+    for key in store.manifest:
+        status = store.status(key)
+        state = click.style("present", fg="green") if status.present else click.style("missing", fg="red")
+        click.echo(f"{key:15} {state:18} {_human(status.size_bytes):>9}  {status.entry.repo}")
+        if status.missing:
+            click.echo(f"{'':15} needs {', '.join(status.missing)} in {status.directory}")
+
+
+@weights.command("verify")
+@_weights_dir_option
+def weights_verify(weights_dir: Path) -> None:
+    """Check every file against the sha256 lock file, offline."""
+    from offline_seg.weights import WeightsDir
+
+    report = WeightsDir(weights_dir).verify()
+    bad = {name: state for name, state in report.items() if state != "ok"}
+    for name, state in sorted(bad.items()):
+        click.echo(f"{state:9} {name}")
+    click.echo(f"{len(report) - len(bad)} of {len(report)} files ok")
+    if any(state in ("missing", "changed") for state in bad.values()):
+        sys.exit(1)
+
+
+@weights.command("pull")
+@click.argument("models", nargs=-1)
+@_weights_dir_option
+def weights_pull(models: tuple[str, ...], weights_dir: Path) -> None:
+    """Download MODELS (default: all) into the weights dir. Run this on a connected machine."""
+    from offline_seg.weights import WeightsDir
+
+    store = WeightsDir(weights_dir)
+    for key in models or tuple(store.manifest):
+        click.echo(f"pulling {key} from {store.entry(key).repo} ...")
+        store.pull(key)
+    click.echo(f"done; lock file: {weights_dir / 'weights.lock.json'}")
+
+
+@weights.command("pack")
+@click.argument("archive", type=click.Path(path_type=Path))
+@_weights_dir_option
+def weights_pack(archive: Path, weights_dir: Path) -> None:
+    """Write the weights dir and its lock file into one tar ARCHIVE to carry across the air gap."""
+    from offline_seg.weights import WeightsDir
+
+    click.echo(f"wrote {WeightsDir(weights_dir).pack(archive)}")
+
+
+@weights.command("make-tiny")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+def weights_make_tiny(directory: Path, seed: int) -> None:
+    """Write tiny random models of every architecture into DIRECTORY (for tests and the demo)."""
+    _go_offline()
+    _setup_logging(0)
+    from offline_seg.tiny import make_tiny_weights
+
+    make_tiny_weights(directory, seed=seed)
+    click.echo(f"wrote tiny weights to {directory} (random: outputs are meaningless)")
+
+
+if __name__ == "__main__":
+    main()

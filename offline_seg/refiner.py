@@ -1,0 +1,133 @@
+"""Pre- and post-refinement: the LLM turns recognition text into class-list labels, and maps each
+detected phrase onto exactly one label. Parsing keeps only members of the class list."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from offline_seg.classes import ClassList, parse_label_list, parse_single_label
+from offline_seg.errors import InvalidInputError
+from offline_seg.llm.base import LLM, ChatMessage
+from offline_seg.types import Recognition
+
+logger = logging.getLogger(__name__)
+
+PRE_REFINE_USER = "Here are input caption tags and text: {text}"
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """System prompts with a `{labels}` slot, filled with the class list joined by `, `."""
+
+    pre_refine: str
+    post_refine: str
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> PromptTemplates:
+        """The paper's templates shipped with the package, or `pre_refine.txt`/`post_refine.txt` from a dir."""
+        if directory is None:
+            root = resources.files("offline_seg.prompts")
+            return cls(
+                (root / "pre_refine.txt").read_text(encoding="utf-8"),
+                (root / "post_refine.txt").read_text(encoding="utf-8"),
+            )
+        directory = Path(directory)
+        texts = []
+        for name in ("pre_refine.txt", "post_refine.txt"):
+            path = directory / name
+            if not path.is_file():
+                raise InvalidInputError(f"prompt template not found: {path}")
+            texts.append(path.read_text(encoding="utf-8"))
+        return cls(*texts)
+
+    def system(self, template: str, classes: ClassList) -> str:
+        return template.replace("{labels}", ", ".join(classes.names)).strip()
+
+
+@dataclass
+class PostRefinement:
+    """Per phrase, the label it maps to (None: dropped) and the raw replies of the LLM calls made."""
+
+    labels: list[str | None]
+    replies: dict[str, str] = field(default_factory=dict)
+
+
+class Refiner:
+    """LLM refinement against one class list. Post-refinement answers are cached per phrase for the
+    refiner's lifetime (a pipeline run), so repeated phrases cost one call."""
+
+    def __init__(
+        self,
+        llm: LLM,
+        classes: ClassList,
+        templates: PromptTemplates | None = None,
+        *,
+        constrained: bool = True,
+        max_new_tokens: int = 200,
+    ) -> None:
+        self.llm = llm
+        self.classes = classes
+        self.templates = templates or PromptTemplates.load()
+        self.constrained = constrained
+        self.max_new_tokens = max_new_tokens
+        self._phrase_cache: dict[str, str | None] = {}
+
+    def pre_refine_messages(self, recognition: Recognition) -> list[ChatMessage]:
+        return [
+            {"role": "system", "content": self.templates.system(self.templates.pre_refine, self.classes)},
+            {"role": "user", "content": PRE_REFINE_USER.format(text=recognition.text)},
+        ]
+
+    def post_refine_messages(self, phrase: str) -> list[ChatMessage]:
+        return [
+            {"role": "system", "content": self.templates.system(self.templates.post_refine, self.classes)},
+            {"role": "user", "content": phrase},
+        ]
+
+    def pre_refine(self, recognitions: Sequence[Recognition]) -> list[tuple[list[str], str]]:
+        """For each image, the foreground labels the LLM names and its raw reply (one batched call)."""
+        replies = self.llm.complete(
+            [self.pre_refine_messages(r) for r in recognitions], max_new_tokens=self.max_new_tokens
+        )
+        results = []
+        for reply in replies:
+            labels = [label for label in parse_label_list(reply, self.classes) if label != self.classes.background]
+            results.append((labels, reply))
+        return results
+
+    def post_refine(self, phrases: Sequence[str]) -> PostRefinement:
+        """Map phrases to labels: members of the list map to themselves without a call; the distinct
+        unknown phrases go to the LLM in one batch; background answers drop the detection."""
+        unknown = []
+        for phrase in phrases:
+            if self.classes.match(phrase) is None and phrase not in self._phrase_cache and phrase not in unknown:
+                unknown.append(phrase)
+        replies: dict[str, str] = {}
+        if unknown:
+            answers = self.llm.complete(
+                [self.post_refine_messages(p) for p in unknown],
+                choices=list(self.classes.names) if self.constrained else None,
+                max_new_tokens=20,
+            )
+            for phrase, answer in zip(unknown, answers):
+                replies[phrase] = answer
+                self._phrase_cache[phrase] = parse_single_label(answer, self.classes)
+                logger.debug("post-refine %r -> %r", phrase, answer)
+        labels = [self._label_of(phrase) for phrase in phrases]
+        return PostRefinement(labels, replies)
+
+    def _label_of(self, phrase: str) -> str | None:
+        label = self.classes.match(phrase)
+        if label is None:
+            label = self._phrase_cache.get(phrase)
+        return None if label == self.classes.background else label
+
+
+def labels_without_llm(phrases: Sequence[str], classes: ClassList) -> list[str | None]:
+    """The 'no post-refinement' ablation: phrases that name a foreground label keep it, others drop."""
+    labels = [classes.match(phrase) for phrase in phrases]
+    return [None if label == classes.background else label for label in labels]

@@ -1,0 +1,1 @@
+"""The paper's prompt templates, shipped as package data (`offline_seg.prompts`)."""

