@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from offline_seg.errors import MissingWeightsError
 from offline_seg.llm.base import ChatMessage
@@ -128,13 +129,13 @@ class TransformersLLM:
         for start in range(0, len(continuations), self.batch_size * 4):
             chunk = continuations[start : start + self.batch_size * 4]
             width = max(len(cont) for cont in chunk)
-            cache = copy.deepcopy(encoded.past_key_values)
+            cache = copy.deepcopy(_output_cache(encoded))
             cache.batch_repeat_interleave(len(chunk))
             input_ids = torch.tensor([cont + [pad] * (width - len(cont)) for cont in chunk], device=self.device)
             attention = torch.tensor(
                 [[1] * (len(prompt_ids) + len(cont)) + [0] * (width - len(cont)) for cont in chunk], device=self.device
             )
-            logits = self._model(input_ids=input_ids, attention_mask=attention, past_key_values=cache).logits
+            logits = self._model(input_ids=input_ids, attention_mask=attention, **{_CACHE_KWARG: cache}).logits
             log_probs = torch.log_softmax(logits.float(), -1)
             for row, cont in enumerate(chunk):
                 total = first[cont[0]]
@@ -143,3 +144,11 @@ class TransformersLLM:
                     total = total + log_probs[row, steps, torch.tensor(cont[1:], device=self.device)].sum()
                 scores.append(total.cpu())
         return torch.stack(scores)
+
+
+# transformers 5.2x renamed `past_key_values` to `cache` (the old name still works, with a warning).
+_CACHE_KWARG = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def _output_cache(output: CausalLMOutputWithPast):
+    return getattr(output, _CACHE_KWARG)

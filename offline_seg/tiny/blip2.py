@@ -36,7 +36,7 @@ def _tokenizer():
     bpe.decoder = decoders.ByteLevel()
     # No full byte alphabet: every token is a printable piece of the corpus, so the random model's
     # captions decode to (meaningless) words rather than invalid UTF-8.
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL_TOKENS)
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL_TOKENS, show_progress=False)
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     bos = bpe.token_to_id("</s>")
     # OPT prepends `</s>` (its bos id is 2) to every sequence.
