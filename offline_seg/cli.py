@@ -26,11 +26,10 @@ def _go_offline() -> None:
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if verbose < 2:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
+    if verbose < 2:  # read by transformers / huggingface_hub when (and only if) they are imported
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def _class_list(preset: str | None, classes: str | None) -> ClassList:
@@ -89,7 +88,15 @@ def _segment_options(func):
         click.option("--no-post-refine", is_flag=True, help="Ablation: detected phrases used as-is."),
         click.option("--points", "num_points", type=click.IntRange(min=0), default=20, show_default=True,
                      help="Positive points per box for SAM's second pass; 0 = box only."),
-        click.option("--labels", help='Given labels instead of recognition + pre-refinement, e.g. "cat, dog".'),
+        click.option("--labels", help='Given labels instead of recognition + pre-refinement, e.g. "cat, dog"; '
+                     '"gt": the classes in the ground truth (needs --gt).'),
+        click.option("--boxes", type=click.Choice(["detect", "gt"]), default="detect", show_default=True,
+                     help="gt: one box per connected component of each ground-truth class; no tagger, "
+                     "captioner, LLM or detector is loaded (isolates the segmenter)."),
+        click.option("--gt", "gt_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="Ground-truth label maps (dataset ids, matched by file stem) for --labels gt / --boxes gt."),
+        click.option("--segmenter", help="sam (WEIGHTS/sam), sam:PATH, onnx (WEIGHTS/sam_onnx) or onnx:DIR "
+                     "(SAM exported to ONNX, the CPU tier)."),
         click.option("--llm", help="LLM backend, e.g. transformers:DIR (default: WEIGHTS/llm)."),
         click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
         click.option("--box-threshold", type=float, default=0.18, show_default=True),
@@ -125,6 +132,9 @@ def _run_segment(
     no_post_refine,
     num_points,
     labels,
+    boxes,
+    gt_dir,
+    segmenter,
     llm,
     unconstrained,
     box_threshold,
@@ -140,6 +150,9 @@ def _run_segment(
     from offline_seg.outputs import save_result
     from offline_seg.pipeline import Pipeline, PipelineConfig
 
+    oracle_labels = labels is not None and labels.strip().lower() == "gt"
+    if (oracle_labels or boxes == "gt") and gt_dir is None:
+        raise click.UsageError("--labels gt and --boxes gt need --gt DIR (ground-truth label maps)")
     config = PipelineConfig(
         classes=_class_list(preset, classes),
         weights_dir=weights_dir,
@@ -148,7 +161,11 @@ def _run_segment(
         pre_refine=not no_pre_refine,
         post_refine=not no_post_refine,
         num_points=num_points,
-        labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else None,
+        labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels and not oracle_labels else None,
+        oracle_labels=oracle_labels,
+        oracle_boxes=boxes == "gt",
+        ground_truth_dir=gt_dir,
+        segmenter=segmenter,
         llm=llm,
         constrained=not unconstrained,
         box_threshold=box_threshold,
@@ -161,7 +178,7 @@ def _run_segment(
         name = "demo" if path is None else path.stem
         try:
             image = demo_image if path is None else load_image(path)
-            result = pipeline.segment(image)
+            result = pipeline.segment(image, name=name)
         except InvalidInputError as error:  # a bad image: report it, keep going (missing weights stop the run)
             failures.append((name, str(error)))
             click.secho(f"skipped {name}: {error}", fg="yellow", err=True)
@@ -201,10 +218,71 @@ def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> 
                     fg="yellow")
     _run_segment(
         [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
-        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, llm=None,
+        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, boxes="detect",
+        gt_dir=None, segmenter=None, llm=None,
         unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
         demo_image=demo_image(),
     )
+
+
+@main.command("eval")
+@click.option("--pred", "pred_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Predictions: <name>.png class-index maps (the output of `segment`).")
+@click.option("--gt", "gt_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Ground truth: <name>.png holding dataset ids (searched recursively).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Class list preset (default: voc).")
+@click.option("--classes", help='Custom class list: "background, a, b" or a text file ("id: name" lines).')
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Report directory (default: PRED/eval).")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="RGB images, to show next to the worst predictions.")
+@click.option("--pred-ids", is_flag=True, help="Predictions hold dataset ids like the ground truth, not class indices.")
+@click.option("--skip-missing", is_flag=True,
+              help="Leave missing/unusable predictions out of the score (default: score them as all-background).")
+@click.option("--resize-pred", is_flag=True, help="Scale predictions of another size to the ground truth (nearest).")
+@click.option("--gt-suffix", default="", help='Ground-truth name ending to strip, e.g. "_gtFine_labelIds".')
+@click.option("--pred-suffix", default="", help='Prediction name ending to strip, e.g. "_leftImg8bit".')
+@click.option("--worst", "num_worst", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Side-by-side panels for this many lowest-mIoU images.")
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
+def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Path | None, images_dir: Path | None,
+                     pred_ids: bool, skip_missing: bool, resize_pred: bool, gt_suffix: str, pred_suffix: str,
+                     num_worst: int, verbose: int) -> None:
+    """mIoU of PRED against GT from one dataset-wide confusion matrix (ignore label excluded).
+
+    Writes per_class.csv, per_class.md, per_class.png, summary.json and worst/*.png. Exit code 1 when
+    any prediction was missing or unusable (they are listed by name; see --skip-missing).
+    """
+    _setup_logging(verbose)
+    from tqdm import tqdm
+
+    from offline_seg import evaluation
+
+    class_list = _class_list(preset, classes)
+    report = evaluation.evaluate(
+        pred_dir, gt_dir, class_list, pred_ids=pred_ids, skip_missing=skip_missing, resize=resize_pred,
+        gt_suffix=gt_suffix, pred_suffix=pred_suffix,
+        progress=lambda keys: tqdm(keys, desc="eval", unit="img", disable=len(keys) < 2),
+    )
+    out_dir = out_dir or pred_dir / "eval"
+    evaluation.write_csv(report, out_dir / "per_class.csv")
+    evaluation.write_markdown(report, out_dir / "per_class.md")
+    evaluation.write_summary(report, out_dir / "summary.json")
+    evaluation.plot_per_class(report, out_dir / "per_class.png")
+    worst = evaluation.worst_images(report, out_dir / "worst", num_worst, images_dir, pred_suffix=pred_suffix)
+    click.echo(evaluation.format_table(report))
+    click.secho(evaluation.summary_line(report), bold=True)
+    click.echo(f"report: {out_dir} ({len(worst)} worst-image panels)")
+    policy = "excluded" if skip_missing else "scored as all-background"
+    for name in report.missing:
+        click.secho(f"missing prediction: {name} ({policy})", fg="red", err=True)
+    for name, reason in report.failed.items():
+        click.secho(f"failed: {name}: {reason}", fg="red", err=True)
+    if report.extra:
+        click.secho(f"{len(report.extra)} prediction(s) without ground truth, not scored", fg="yellow", err=True)
+    if not report.ok:
+        click.secho(f"{len(report.missing)} missing, {len(report.failed)} failed of {len(report.images)} images",
+                    fg="red", err=True)
+        sys.exit(1)
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -236,7 +314,12 @@ def weights_list(weights_dir: Path) -> None:
     store = WeightsDir(weights_dir)
     for key in store.manifest:
         status = store.status(key)
-        state = click.style("present", fg="green") if status.present else click.style("missing", fg="red")
+        if status.present:
+            state = click.style("present", fg="green")
+        elif status.entry.optional:
+            state = click.style("optional", fg="yellow")
+        else:
+            state = click.style("missing", fg="red")
         click.echo(f"{key:15} {state:18} {_human(status.size_bytes):>9}  {status.entry.repo}")
         if status.missing:
             click.echo(f"{'':15} needs {', '.join(status.missing)} in {status.directory}")

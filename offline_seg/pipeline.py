@@ -11,16 +11,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 from offline_seg.captioner import Blip2Captioner, Captioner
 from offline_seg.classes import ClassList, ensure_names
 from offline_seg.composer import compose
+from offline_seg.errors import InvalidInputError
 from offline_seg.detector import Detector, GroundingDinoDetector
 from offline_seg.images import load_image
 from offline_seg.llm.base import LLM, load_llm
 from offline_seg.refiner import PromptTemplates, Refiner, labels_without_llm
-from offline_seg.segmenter import SamSegmenter, Segmenter
+from offline_seg.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
+from offline_seg.segmenter import Segmenter, load_segmenter
 from offline_seg.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
 from offline_seg.weights import DEFAULT_WEIGHTS_DIR, WeightsDir
@@ -44,6 +47,10 @@ class PipelineConfig:
     text_threshold: float = 0.15
     nms_iou: float = 0.8
     llm: str | None = None  # backend spec, e.g. "transformers:DIR"; default: <weights>/llm
+    segmenter: str | None = None  # "sam" (default, <weights>/sam), "sam:PATH", "onnx" (<weights>/sam_onnx), "onnx:DIR"
+    oracle_labels: bool = False  # labels from the ground truth ("ground-truth labels" row)
+    oracle_boxes: bool = False  # boxes from the ground truth's connected components (isolates the segmenter)
+    ground_truth_dir: Path | None = None  # label maps matched by image file stem, in dataset ids
     constrained: bool = True  # post-refinement answers are forced to be class-list members
     prompts_dir: Path | None = None
 
@@ -51,6 +58,8 @@ class PipelineConfig:
         self.weights_dir = Path(self.weights_dir)
         if self.num_points < 0:
             raise ValueError("num_points must be >= 0")
+        if self.ground_truth_dir is not None:
+            self.ground_truth_dir = Path(self.ground_truth_dir)
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly settings, written next to every result."""
@@ -58,6 +67,7 @@ class PipelineConfig:
         data["classes"] = self.classes.name
         data["weights_dir"] = str(self.weights_dir)
         data["prompts_dir"] = str(self.prompts_dir) if self.prompts_dir else None
+        data["ground_truth_dir"] = str(self.ground_truth_dir) if self.ground_truth_dir else None
         return data
 
 
@@ -112,9 +122,8 @@ class Pipeline:
     @property
     def segmenter(self) -> Segmenter:
         if self._segmenter is None:
-            self._segmenter = SamSegmenter(
-                self.weights.path("sam"), num_points=self.config.num_points, device=self.config.device
-            )
+            c = self.config
+            self._segmenter = load_segmenter(c.segmenter, self.weights, num_points=c.num_points, device=c.device)
         return self._segmenter
 
     @property
@@ -137,32 +146,59 @@ class Pipeline:
         caption = self.captioner.caption(image) if self.config.use_caption else None
         return Recognition(tuple(tags), caption)
 
-    def segment(self, image: str | Path | Image.Image, labels: Sequence[str] | None = None) -> SegmentationResult:
-        """Run the whole chain on one image. `labels` (or `config.labels`) skips recognition and
-        pre-refinement: the paper's ground-truth-labels row."""
+    def ground_truth_for(self, image: Image.Image, name: str | None) -> np.ndarray:
+        """The class-index ground truth of an image, from `config.ground_truth_dir` by file stem."""
+        if self.config.ground_truth_dir is None or name is None:
+            raise InvalidInputError("oracle labels/boxes need ground truth: pass --gt DIR (and image files)")
+        return GroundTruth(self.config.ground_truth_dir, self.config.classes).class_map(name, image.size)
+
+    def segment(
+        self,
+        image: str | Path | Image.Image,
+        labels: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        ground_truth: np.ndarray | None = None,
+    ) -> SegmentationResult:
+        """Run the whole chain on one image.
+
+        `labels` (or `config.labels`) skips recognition and pre-refinement: the paper's ground-truth-labels
+        row. With `config.oracle_labels`/`oracle_boxes`, labels/boxes come from `ground_truth` (a class-index
+        map) or from `config.ground_truth_dir`, matched by `name` (default: the image file's stem).
+        """
+        if name is None and isinstance(image, (str, Path)):
+            name = Path(image).stem
         image = load_image(image)
         classes = self.config.classes
+        if (self.config.oracle_labels or self.config.oracle_boxes) and ground_truth is None:
+            ground_truth = self.ground_truth_for(image, name)
         replies: dict[str, object] = {}
-        given = labels if labels is not None else self.config.labels
         recognition: Recognition | None = None
-        if given is not None:
-            prompt_labels = [label for label in ensure_names(given, classes) if label != classes.background]
+        if self.config.oracle_boxes:
+            detections = boxes_from_ground_truth(ground_truth, classes)
+            prompt_labels = labels_from_ground_truth(ground_truth, classes)
         else:
-            recognition = self.recognize(image)
-            if self.config.pre_refine:
-                prompt_labels, reply = self.refiner.pre_refine([recognition])[0]
-                replies["pre_refine"] = reply
+            if self.config.oracle_labels:
+                given: Sequence[str] | None = labels_from_ground_truth(ground_truth, classes)
             else:
-                prompt_labels = list(recognition.tags)
-        logger.info("detector prompt: %s", prompt_labels)
-
-        detections = self.detector.detect(image, prompt_labels) if prompt_labels else Detections.empty()
-        if self.config.post_refine:
-            post = self.refiner.post_refine(detections.phrases)
-            detections = detections.with_labels(post.labels)
-            replies["post_refine"] = post.replies
-        else:
-            detections = detections.with_labels(labels_without_llm(detections.phrases, classes))
+                given = labels if labels is not None else self.config.labels
+            if given is not None:
+                prompt_labels = [label for label in ensure_names(given, classes) if label != classes.background]
+            else:
+                recognition = self.recognize(image)
+                if self.config.pre_refine:
+                    prompt_labels, reply = self.refiner.pre_refine([recognition])[0]
+                    replies["pre_refine"] = reply
+                else:
+                    prompt_labels = list(recognition.tags)
+            logger.info("detector prompt: %s", prompt_labels)
+            detections = self.detector.detect(image, prompt_labels) if prompt_labels else Detections.empty()
+            if self.config.post_refine:
+                post = self.refiner.post_refine(detections.phrases)
+                detections = detections.with_labels(post.labels)
+                replies["post_refine"] = post.replies
+            else:
+                detections = detections.with_labels(labels_without_llm(detections.phrases, classes))
 
         instances = self.segmenter.segment(image, detections)
         class_map = compose(instances, classes, image.height, image.width)

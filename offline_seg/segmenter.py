@@ -5,8 +5,9 @@ Pass 1: box prompts only, single mask, logits. From each box's logit map take th
 zeroing each pick). Pass 2: the same box plus those n_p points as positive points, single mask.
 n_p = 0 means box only (pass 1's mask is the result).
 
-The image is encoded once per image; both passes reuse the embedding, and each pass decodes all boxes of
-the image in one prompt-decoder call.
+The two-pass algorithm (`TwoPassSegmenter`) runs on any `SamBackend`: transformers' `SamModel`
+(`SamSegmenter`) or an ONNX export on ONNX Runtime (`OnnxSamSegmenter`, the CPU tier). The image is
+encoded once per image; every box of both passes reuses that embedding.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
+from offline_seg.errors import InvalidInputError
 from offline_seg.types import Detections, InstanceMasks
+from offline_seg.weights import WeightsDir
 
 if TYPE_CHECKING:
     import torch
@@ -75,12 +78,114 @@ def top_n_points(logits: np.ndarray, n: int) -> list[np.ndarray]:
     return [np.stack([xs[i], ys[i]], axis=1).astype(np.float32) for i in range(count)]
 
 
-class SamSegmenter:
-    """SAM (transformers `SamModel`) prompted with boxes, then boxes plus their top logit points.
+class SamBackend(Protocol):
+    """A promptable SAM: encode an image once, then decode any number of box (+ point) prompts."""
 
-    `model_path` is anything `load_sam_model` accepts; the model loads on first use so that building a
-    pipeline stays cheap.
+    def encode(self, image: Image.Image) -> Any:
+        """Whatever the decoder needs of the image (its embedding and sizes)."""
+
+    def decode(self, encoded: Any, boxes: np.ndarray, points: np.ndarray | None) -> np.ndarray:
+        """Mask logits (N, H, W) at the image's size, one single-mask prediction per box.
+
+        `boxes` are (N, 4) pixel xyxy; `points` (N, n, 2) pixel xy positive points per box, or None.
+        """
+
+
+class TwoPassSegmenter:
+    """The method's segmentation on any `SamBackend`: box → logits → top-n points → box + points."""
+
+    def __init__(self, backend: SamBackend, num_points: int = 20):
+        if num_points < 0:
+            raise ValueError("num_points must be >= 0")
+        self.backend = backend
+        self.num_points = int(num_points)
+
+    def segment(self, image: Image.Image, detections: Detections) -> InstanceMasks:
+        """One mask per labelled detection, at the image's size; unlabelled detections are skipped."""
+        width, height = image.size
+        kept = detections.labelled()
+        if len(kept) == 0:
+            return InstanceMasks.empty(height, width)
+        encoded = self.backend.encode(image.convert("RGB"))
+        logits = self.backend.decode(encoded, kept.boxes, None)
+        if self.num_points == 0:
+            points = [np.zeros((0, 2), np.float32) for _ in range(len(kept))]
+        else:
+            points = top_n_points(logits, self.num_points)
+            logits = self.backend.decode(encoded, kept.boxes, np.stack(points))
+        logger.debug("segmented %d instances (%d points each)", len(kept), self.num_points)
+        return InstanceMasks(
+            masks=logits > 0.0,
+            boxes=kept.boxes,
+            scores=kept.scores,
+            labels=[str(label) for label in kept.labels],
+            points=points,
+        )
+
+
+class TransformersSam:
+    """`SamBackend` on transformers' `SamModel` (a transformers dir or an official .pth, converted).
+
+    Each pass decodes all boxes of the image in one prompt-decoder call. The model loads on first use
+    so that building a pipeline stays cheap.
     """
+
+    def __init__(self, model_path: Path | str, device: str = "cpu", dtype: torch.dtype | None = None):
+        self.model_path = Path(model_path)
+        self.device = device
+        self.dtype = dtype
+        self._model: Any = None
+        self._processor: Any = None
+
+    def load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            from offline_seg.models.sam_checkpoint import load_sam_model
+
+            self._model, self._processor = load_sam_model(self.model_path, device=self.device, dtype=self.dtype)
+        return self._model, self._processor
+
+    def encode(self, image: Image.Image) -> dict[str, Any]:
+        import torch
+
+        model, processor = self.load()
+        parameter = next(model.parameters())
+        inputs = processor(images=image, return_tensors="pt")
+        (old_h, old_w), (new_h, new_w) = inputs["original_sizes"][0].tolist(), inputs["reshaped_input_sizes"][0].tolist()
+        with torch.inference_mode():
+            embeddings = model.get_image_embeddings(inputs["pixel_values"].to(parameter.device, parameter.dtype))
+        return {
+            "embeddings": embeddings,
+            "original_sizes": inputs["original_sizes"],
+            "reshaped_sizes": inputs["reshaped_input_sizes"],
+            # The same per-axis scaling SamProcessor applies to prompts given in original pixels.
+            "scale": np.array([new_w / old_w, new_h / old_h], dtype=np.float64),
+        }
+
+    def decode(self, encoded: dict[str, Any], boxes: np.ndarray, points: np.ndarray | None) -> np.ndarray:
+        import torch
+
+        model, processor = self.load()
+        parameter = next(model.parameters())
+
+        def to_model(xy: np.ndarray) -> torch.Tensor:
+            scaled = np.asarray(xy, np.float64).reshape(*xy.shape[:-1], -1, 2) * encoded["scale"]
+            return torch.as_tensor(scaled.reshape(xy.shape), dtype=parameter.dtype, device=parameter.device)
+
+        prompts: dict[str, torch.Tensor] = {"input_boxes": to_model(boxes)[None]}  # (1, N, 4)
+        if points is not None and points.shape[1] > 0:
+            prompts["input_points"] = to_model(points)[None]  # (1, N, n, 2)
+            prompts["input_labels"] = torch.ones(prompts["input_points"].shape[:-1], dtype=torch.long,
+                                                 device=parameter.device)
+        with torch.inference_mode():
+            out = model(image_embeddings=encoded["embeddings"], multimask_output=False, **prompts)
+        logits = processor.post_process_masks(
+            out.pred_masks.float().cpu(), encoded["original_sizes"], encoded["reshaped_sizes"], binarize=False
+        )[0]  # (N, 1, H, W)
+        return logits[:, 0].numpy()
+
+
+class SamSegmenter(TwoPassSegmenter):
+    """SAM on transformers (`SamModel`): `model_path` is anything `load_sam_model` accepts."""
 
     def __init__(
         self,
@@ -89,78 +194,37 @@ class SamSegmenter:
         device: str = "cpu",
         dtype: torch.dtype | None = None,
     ):
-        if num_points < 0:
-            raise ValueError("num_points must be >= 0")
+        super().__init__(TransformersSam(model_path, device=device, dtype=dtype), num_points=num_points)
         self.model_path = Path(model_path)
-        self.num_points = int(num_points)
-        self.device = device
-        self.dtype = dtype
-        self._model: Any = None
-        self._processor: Any = None
-
-    def _load(self) -> tuple[Any, Any]:
-        if self._model is None:
-            from offline_seg.models.sam_checkpoint import load_sam_model
-
-            self._model, self._processor = load_sam_model(self.model_path, device=self.device, dtype=self.dtype)
-        return self._model, self._processor
 
     @property
     def model(self) -> Any:
-        return self._load()[0]
+        return self.backend.load()[0]
 
     @property
     def processor(self) -> Any:
-        return self._load()[1]
+        return self.backend.load()[1]
 
-    def segment(self, image: Image.Image, detections: Detections) -> InstanceMasks:
-        """One mask per labelled detection, at the image's size; unlabelled detections are skipped."""
-        import torch
 
-        width, height = image.size
-        kept = detections.labelled()
-        if len(kept) == 0:
-            return InstanceMasks.empty(height, width)
-        model, processor = self._load()
-        dtype = next(model.parameters()).dtype
-        device = next(model.parameters()).device
+class OnnxSamSegmenter(TwoPassSegmenter):
+    """SAM exported to ONNX (image encoder + the standard SAM decoder) on ONNX Runtime: the CPU tier."""
 
-        inputs = processor(images=image.convert("RGB"), return_tensors="pt")
-        original_sizes = inputs["original_sizes"]
-        reshaped_sizes = inputs["reshaped_input_sizes"]
-        (old_h, old_w), (new_h, new_w) = original_sizes[0].tolist(), reshaped_sizes[0].tolist()
-        # The same per-axis scaling SamProcessor applies to prompts given in original pixels.
-        scale = np.array([new_w / old_w, new_h / old_h], dtype=np.float64)
+    def __init__(self, model_dir: Path | str, num_points: int = 20, threads: int | None = None):
+        from offline_seg.models.sam_onnx import OnnxSam
 
-        def to_model(xy: np.ndarray) -> torch.Tensor:
-            shaped = xy.reshape(*xy.shape[:-1], -1, 2) * scale
-            return torch.as_tensor(shaped.reshape(xy.shape), dtype=dtype, device=device)
+        super().__init__(OnnxSam(model_dir, threads=threads), num_points=num_points)
+        self.model_dir = Path(model_dir)
 
-        with torch.inference_mode():
-            embeddings = model.get_image_embeddings(inputs["pixel_values"].to(device=device, dtype=dtype))
-            boxes = to_model(kept.boxes.astype(np.float64))[None]  # (1, N, 4)
 
-            def decode(**prompts: torch.Tensor) -> np.ndarray:
-                out = model(image_embeddings=embeddings, input_boxes=boxes, multimask_output=False, **prompts)
-                logits = processor.post_process_masks(
-                    out.pred_masks.float().cpu(), original_sizes, reshaped_sizes, binarize=False
-                )[0]  # (N, 1, H, W)
-                return logits[:, 0].numpy()
+SEGMENTER_BACKENDS = ("sam", "onnx")
 
-            logits = decode()
-            if self.num_points == 0:
-                points = [np.zeros((0, 2), np.float32) for _ in range(len(kept))]
-            else:
-                points = top_n_points(logits, self.num_points)
-                input_points = to_model(np.stack(points).astype(np.float64))[None]  # (1, N, n, 2)
-                labels = torch.ones(input_points.shape[:-1], dtype=torch.long, device=device)
-                logits = decode(input_points=input_points, input_labels=labels)
-        masks = logits > 0.0
-        logger.debug("segmented %d instances (%d points each)", len(kept), self.num_points)
-        return InstanceMasks(
-            masks=masks,
-            boxes=kept.boxes,
-            scores=kept.scores,
-            labels=[str(label) for label in kept.labels],
-            points=points,
-        )
+
+def load_segmenter(spec: str | None, weights: WeightsDir, num_points: int = 20, device: str = "cpu") -> Segmenter:
+    """A segmenter from a spec: None/`sam` (weights/sam), `sam:PATH` (transformers dir or official .pth),
+    `onnx` (weights/sam_onnx) or `onnx:DIR`."""
+    backend, _, target = (spec or "sam").partition(":")
+    if backend == "sam":
+        return SamSegmenter(Path(target) if target else weights.path("sam"), num_points=num_points, device=device)
+    if backend == "onnx":
+        return OnnxSamSegmenter(Path(target) if target else weights.path("sam_onnx"), num_points=num_points)
+    raise InvalidInputError(f"unknown segmenter {spec!r}; use one of: sam, sam:PATH, onnx, onnx:DIR")

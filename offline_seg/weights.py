@@ -36,6 +36,9 @@ class ModelEntry:
     urls: dict[str, str] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     alternative: tuple[str, ...] = ()
+    optional: bool = False  # not needed by the default chain (e.g. the ONNX CPU tier)
+    archive: str = ""  # a .tgz/.tar URL to take `extract` (member -> file name) from
+    extract: dict[str, str] = field(default_factory=dict)
 
 
 def load_manifest(path: Path | None = None) -> dict[str, ModelEntry]:
@@ -52,6 +55,9 @@ def load_manifest(path: Path | None = None) -> dict[str, ModelEntry]:
             urls=dict(raw.get("urls", {})),
             required=tuple(raw.get("required", ())),
             alternative=tuple(raw.get("alternative", ())),
+            optional=bool(raw.get("optional", False)),
+            archive=raw.get("archive", ""),
+            extract=dict(raw.get("extract", {})),
         )
     return entries
 
@@ -148,14 +154,17 @@ class WeightsDir:
         entry = self.entry(key)
         directory = self.root / key
         directory.mkdir(parents=True, exist_ok=True)
-        from huggingface_hub import hf_hub_download, snapshot_download
+        if entry.patterns or entry.files:
+            from huggingface_hub import hf_hub_download, snapshot_download
 
-        if entry.patterns:
-            snapshot_download(entry.repo, allow_patterns=list(entry.patterns), local_dir=directory)
-        for name in entry.files:
-            hf_hub_download(entry.repo, name, local_dir=directory)
+            if entry.patterns:
+                snapshot_download(entry.repo, allow_patterns=list(entry.patterns), local_dir=directory)
+            for name in entry.files:
+                hf_hub_download(entry.repo, name, local_dir=directory)
         for name, url in entry.urls.items():
             _download(url, directory / name)
+        if entry.archive:
+            _extract_from_archive(entry.archive, entry.extract, directory)
         self.write_lock()
         return directory
 
@@ -166,6 +175,22 @@ def _download(url: str, target: Path) -> None:
     logger.info("downloading %s", url)
     with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - explicit pull on a connected host
         target.write_bytes(response.read())
+
+
+def _extract_from_archive(url: str, members: dict[str, str], directory: Path) -> None:
+    """Download a tar(.gz) and keep only the listed members, renamed; nothing else is written."""
+    import io
+    import urllib.request
+
+    logger.info("downloading %s", url)
+    with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - explicit pull on a connected host
+        data = response.read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member, name in members.items():
+            source = tar.extractfile(member)
+            if source is None:
+                raise InvalidInputError(f"{url} has no file {member}")
+            (directory / name).write_bytes(source.read())
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

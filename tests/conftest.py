@@ -27,3 +27,30 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-llm") / "llm"
     llama.write(directory)
     return directory
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def require_asset(path: Path, how: str) -> Path:
+    """A real asset the tests need: CI must have it (fail), elsewhere a missing one skips with `how`."""
+    if path.exists():
+        return path
+    message = f"{path} is missing; {how}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def sam_onnx_dir() -> Path:
+    """The real ONNX SAM (MobileSAM TinyViT encoder + SAM decoder) that scripts/setup.sh pulls."""
+    directory = Path(os.environ.get("OFFLINE_SEG_SAM_ONNX", REPO / "weights" / "sam_onnx"))
+    require_asset(directory / "encoder.onnx", "run `offline-seg weights pull sam_onnx --weights weights`")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def voc_mini() -> Path:
+    """Five real VOC 2012 val crops with ground truth, in ../shared beside the checkout."""
+    return require_asset(REPO.parent / "shared" / "data" / "voc-mini", "it ships in ../shared beside the checkout")

