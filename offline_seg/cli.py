@@ -99,6 +99,8 @@ def _segment_options(func):
                      "(SAM exported to ONNX, the CPU tier)."),
         click.option("--llm", help="LLM backend, e.g. transformers:DIR (default: WEIGHTS/llm)."),
         click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
+        click.option("--no-phrase-cache", is_flag=True,
+                     help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
         click.option("--box-threshold", type=float, default=0.18, show_default=True),
         click.option("--text-threshold", type=float, default=0.15, show_default=True),
         click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path, file_okay=False),
@@ -119,13 +121,11 @@ def segment(images: tuple[str, ...], **options) -> None:
     _run_segment(_collect_images(images), **options)
 
 
-def _run_segment(
-    images: list[Path | None],
+def _build_config(
     *,
     preset,
     classes,
     weights_dir,
-    out_dir,
     device,
     no_caption,
     no_pre_refine,
@@ -137,23 +137,18 @@ def _run_segment(
     segmenter,
     llm,
     unconstrained,
+    no_phrase_cache,
     box_threshold,
     text_threshold,
     prompts_dir,
-    verbose,
-    demo_image=None,
-) -> None:
-    _setup_logging(verbose)
-    from tqdm import tqdm
-
-    from offline_seg.images import load_image
-    from offline_seg.outputs import save_result
-    from offline_seg.pipeline import Pipeline, PipelineConfig
+):
+    """The PipelineConfig the shared segment/run options describe."""
+    from offline_seg.pipeline import PipelineConfig
 
     oracle_labels = labels is not None and labels.strip().lower() == "gt"
     if (oracle_labels or boxes == "gt") and gt_dir is None:
         raise click.UsageError("--labels gt and --boxes gt need --gt DIR (ground-truth label maps)")
-    config = PipelineConfig(
+    return PipelineConfig(
         classes=_class_list(preset, classes),
         weights_dir=weights_dir,
         device=device,
@@ -168,10 +163,29 @@ def _run_segment(
         segmenter=segmenter,
         llm=llm,
         constrained=not unconstrained,
+        **({"phrase_cache_dir": None} if no_phrase_cache else {}),
         box_threshold=box_threshold,
         text_threshold=text_threshold,
         prompts_dir=prompts_dir,
     )
+
+
+def _run_segment(
+    images: list[Path | None],
+    *,
+    out_dir,
+    verbose,
+    demo_image=None,
+    **options,
+) -> None:
+    _setup_logging(verbose)
+    from tqdm import tqdm
+
+    from offline_seg.images import load_image
+    from offline_seg.outputs import save_result
+    from offline_seg.pipeline import Pipeline
+
+    config = _build_config(**options)
     pipeline = Pipeline(config)
     failures: list[tuple[str, str]] = []
     for path in tqdm(images, desc="segment", unit="img", disable=len(images) < 2):
@@ -189,6 +203,84 @@ def _run_segment(
     if failures:
         click.secho(f"{len(failures)} of {len(images)} image(s) failed", fg="red", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@_segment_options
+@click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per chunk; each stage runs over a whole chunk before the next stage starts.")
+@click.option("--ablation", "ablations", multiple=True,
+              help="Table-3 row(s) to run, each into OUT/<row>: full, no-blip2, no-pre-refine, no-post-refine, "
+              "no-points, all-off, gt-labels, or all. With --gt, every row is scored and printed beside the paper.")
+@click.option("--no-recursive", is_flag=True, help="Only the folder's own images, not its sub-folders.")
+@click.option("--image-list", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
+@click.option("--gpu-mem", help="Follow the memory plan for a GPU of this size (e.g. 8GiB): models the plan "
+              "swaps are released after their stage in every chunk (see `offline-seg plan`).")
+def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
+        image_list: Path | None, gpu_mem: str | None, **options) -> None:
+    """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
+
+    Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
+    crash and only the missing work is done; change a setting and only the stages after it are redone.
+    Unreadable images are recorded as failed and the run goes on.
+    """
+    _go_offline()
+    _setup_logging(verbose)
+    from offline_seg.ablations import ABLATIONS, ablation_config
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.runner import BatchRunner, find_images
+
+    base = _build_config(**options)
+    root, images = find_images(source, recursive=not no_recursive, names=image_list)
+    if not images:
+        raise InvalidInputError(f"no images under {source}")
+    rows = list(ABLATIONS) if "all" in ablations else list(ablations)
+    for row in rows:
+        if row not in ABLATIONS:
+            raise click.BadParameter(f"unknown row {row!r}; rows: {', '.join(ABLATIONS)}, all", param_hint="--ablation")
+    if "gt-labels" in rows and base.ground_truth_dir is None:
+        raise click.UsageError("the gt-labels row needs --gt DIR")
+    runs = [(row, ablation_config(base, row), out_dir / row) for row in rows] or [(None, base, out_dir)]
+    click.echo(f"{len(images)} images under {root}")
+    any_failed = False
+    for row, config, row_out in runs:
+        if row:
+            click.secho(f"== {row} -> {row_out}", bold=True)
+        swapped: tuple[str, ...] = ()
+        if gpu_mem:
+            from offline_seg.plan import plan_for
+
+            plan = plan_for(config, gpu_mem)
+            swapped = plan.swapped_stages
+            click.echo(f"memory plan for {gpu_mem}: peak {plan.peak_bytes / 2**30:.2f} GiB "
+                       f"({'fits' if plan.fits else 'does NOT fit: ' + ', '.join(plan.suggestions)}); "
+                       f"resident: {', '.join(plan.resident_stages) or 'none'}; per chunk: {', '.join(swapped) or 'none'}")
+        runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped)
+        summary = runner.run(images, root=root)
+        click.echo(summary.table())
+        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}")
+        for name, reason in sorted(summary.failed.items()):
+            click.secho(f"failed: {name}: {reason}", fg="red", err=True)
+        any_failed |= bool(summary.failed)
+    if rows and base.ground_truth_dir is not None:
+        _print_ablation_table(runs, base)
+    if any_failed:
+        sys.exit(1)
+
+
+def _print_ablation_table(runs, base) -> None:
+    """Score each row's output against --gt and print it beside the paper's Table 3."""
+    from offline_seg import evaluation
+    from offline_seg.ablations import PAPER_MIOU, paper_row_name
+
+    paper = PAPER_MIOU.get(base.classes.name, {})
+    click.echo(f"\n| row | paper row | mIoU % (ours) | paper mIoU % ({base.classes.name}, GPT-4) |\n|---|---|---:|---:|")
+    for row, config, row_out in runs:
+        report = evaluation.evaluate(row_out, base.ground_truth_dir, config.classes)
+        theirs = f"{paper[row]:.2f}" if row in paper else "n/a"
+        click.echo(f"| {row} | {paper_row_name(row)} | {100 * report.miou:.2f} | {theirs} |")
 
 
 @main.command()
@@ -219,7 +311,7 @@ def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> 
     _run_segment(
         [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
         no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, boxes="detect",
-        gt_dir=None, segmenter=None, llm=None,
+        gt_dir=None, segmenter=None, llm=None, no_phrase_cache=False,
         unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
         demo_image=demo_image(),
     )
@@ -283,6 +375,41 @@ def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Pat
         click.secho(f"{len(report.missing)} missing, {len(report.failed)} failed of {len(report.images)} images",
                     fg="red", err=True)
         sys.exit(1)
+
+
+# --- plan ---------------------------------------------------------------------------------------
+@main.command("plan")
+@click.option("--gpu-mem", default="8GiB", show_default=True, help="GPU memory, e.g. 8GiB, 12GB, 7680MiB.")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+@click.option("--llm-quant", type=click.Choice(["none", "int8", "int4"]), default="int4", show_default=True,
+              help="LLM weight quantization (int4 = bitsandbytes nf4, 0.5625 byte/param).")
+@click.option("--captioner-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
+              help="BLIP-2 weight quantization.")
+@click.option("--llm-backend", type=click.Choice(["transformers", "vllm"]), default="transformers",
+              show_default=True, help="vllm: a resident server process; prints its --gpu-memory-utilization.")
+@click.option("--llm-seqs", type=click.IntRange(min=1), default=8, show_default=True,
+              help="LLM prompts in flight (KV cache allowance; halved automatically when the LLM step does not fit).")
+@click.option("--llm-context", type=click.IntRange(min=64), default=1024, show_default=True,
+              help="Tokens per LLM sequence (prompt + reply) for the KV cache allowance.")
+@click.option("--weights", "weights_dir", type=click.Path(path_type=Path), default=Path("weights"), show_default=True,
+              help="Read each model's config.json here when present (defaults: the manifest's models).")
+@click.option("--all-cards", is_flag=True, help="Also print one line each for 8, 12, 16 and 24 GiB cards.")
+@click.option("-v", "--verbose", count=True)
+def plan_command(gpu_mem: str, dtype: str, llm_quant: str, captioner_quant: str, llm_backend: str, llm_seqs: int,
+                 llm_context: int, weights_dir: Path, all_cards: bool, verbose: int) -> None:
+    """GPU memory plan: per-stage weights and activations from the full-size architectures (built on the
+    meta device, no weights needed), which stages stay resident, the load order and the peak."""
+    _go_offline()
+    _setup_logging(verbose)
+    from offline_seg.plan import PlanOptions, format_cards, format_plan, make_plan, parse_size, profile_all, stage_specs
+
+    options = PlanOptions(dtype=dtype, llm_quant=llm_quant, captioner_quant=captioner_quant, llm_sequences=llm_seqs,
+                          llm_context=llm_context, llm_backend=llm_backend)
+    profiles = profile_all(stage_specs(weights_dir))
+    click.echo(format_plan(make_plan(profiles, parse_size(gpu_mem), options)))
+    if all_cards:
+        click.echo()
+        click.echo(format_cards(profiles, options))
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -376,6 +503,68 @@ def weights_make_tiny(directory: Path, seed: int) -> None:
     make_tiny_weights(directory, seed=seed)
     click.echo(f"wrote tiny weights to {directory} (random: outputs are meaningless)")
 
+
+# --- llm ----------------------------------------------------------------------------------------
+@main.group()
+def llm() -> None:
+    """The LLM side: serve a local model over an OpenAI-compatible API, convert GGUF files."""
+
+
+@llm.command("serve")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Local HF model directory (safetensors; convert a .gguf with `llm convert-gguf`).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--gpu-memory-gb", type=float, default=12.0, show_default=True,
+              help="GPU size for the memory plan: vLLM gets what the vision models leave.")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
+              help="Override the plan's share of GPU memory for vLLM.")
+@click.option("--quantization", type=click.Choice(["awq", "gptq", "bitsandbytes", "fp8"]),
+              help="Weight quantization of the model (AWQ/GPTQ checkpoints, or bitsandbytes in-flight).")
+@click.option("--max-model-len", type=int, default=2048, show_default=True)
+@click.option("--enforce-eager", is_flag=True, help="No CUDA graphs: faster start, less memory (default on --cpu).")
+@click.option("--cpu", is_flag=True, help="vLLM's CPU build: adds its thread and KV-cache settings.")
+@click.option("--python", "python", default=sys.executable, show_default="this Python",
+              help="Python of the venv that has vLLM (e.g. .venv-vllm/bin/python).")
+@click.option("--dry-run", is_flag=True, help="Print the command line instead of running it.")
+def llm_serve(model_dir: Path, port: int, gpu_memory_gb: float, gpu_memory_utilization: float | None,
+              quantization: str | None, max_model_len: int, enforce_eager: bool, cpu: bool, python: str,
+              dry_run: bool) -> None:
+    """Start vLLM's OpenAI-compatible server for MODEL on 127.0.0.1 (then use --llm openai:URL)."""
+    import shlex
+
+    from offline_seg.llm.serve import MemoryPlan, ServeOptions, cpu_environment
+
+    if not dry_run and not (model_dir / "config.json").is_file():
+        raise InvalidInputError(f"no config.json in {model_dir}: give a HF model directory")
+    options = ServeOptions(
+        model=model_dir,
+        port=port,
+        gpu_memory_utilization=gpu_memory_utilization or MemoryPlan(gpu_memory_gb=gpu_memory_gb).gpu_memory_utilization,
+        max_model_len=max_model_len,
+        quantization=quantization,
+        enforce_eager=enforce_eager or cpu,
+        python=python,
+    )
+    env = cpu_environment() if cpu else {}
+    argv = options.command()
+    if dry_run:
+        click.echo(" ".join([f"{k}={v}" for k, v in env.items()] + [shlex.quote(a) for a in argv]))
+        return
+    click.echo(f"serving {model_dir} at http://127.0.0.1:{port}/v1 (use --llm openai:http://127.0.0.1:{port}/v1)")
+    os.execvpe(argv[0], argv, {**os.environ, **env})
+
+
+@llm.command("convert-gguf")
+@click.argument("gguf", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16", show_default=True)
+def llm_convert_gguf(gguf: Path, out_dir: Path, dtype: str) -> None:
+    """Write a safetensors HF directory OUT_DIR from a GGUF file (vLLM's CPU build cannot read GGUF)."""
+    _go_offline()
+    _setup_logging(0)
+    from offline_seg.llm.convert import gguf_to_hf
+
+    click.echo(f"wrote {gguf_to_hf(gguf, out_dir, dtype=dtype)}")
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ from offline_seg.errors import InvalidInputError
 from offline_seg.detector import Detector, GroundingDinoDetector
 from offline_seg.images import load_image
 from offline_seg.llm.base import LLM, load_llm
+from offline_seg.llm.cache import default_cache_dir
 from offline_seg.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
 from offline_seg.segmenter import Segmenter, load_segmenter
@@ -53,6 +54,8 @@ class PipelineConfig:
     ground_truth_dir: Path | None = None  # label maps matched by image file stem, in dataset ids
     constrained: bool = True  # post-refinement answers are forced to be class-list members
     prompts_dir: Path | None = None
+    # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
+    phrase_cache_dir: Path | None = field(default_factory=default_cache_dir)
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
@@ -68,6 +71,7 @@ class PipelineConfig:
         data["weights_dir"] = str(self.weights_dir)
         data["prompts_dir"] = str(self.prompts_dir) if self.prompts_dir else None
         data["ground_truth_dir"] = str(self.ground_truth_dir) if self.ground_truth_dir else None
+        data["phrase_cache_dir"] = str(self.phrase_cache_dir) if self.phrase_cache_dir else None
         return data
 
 
@@ -92,6 +96,8 @@ class Pipeline:
         self._detector = detector
         self._segmenter = segmenter
         self._refiner: Refiner | None = None
+        self._injected = {name for name, stage in (("tagger", tagger), ("captioner", captioner), ("llm", llm),
+                                                    ("detector", detector), ("segmenter", segmenter)) if stage is not None}
 
     # --- stages, built on first use -------------------------------------------------------------
     @property
@@ -132,19 +138,76 @@ class Pipeline:
             if self._llm is None:
                 spec = self.config.llm or str(self.weights.path("llm"))
                 self._llm = load_llm(spec, device=self.config.device)
-            self._refiner = Refiner(
-                self._llm,
-                self.config.classes,
-                PromptTemplates.load(self.config.prompts_dir),
-                constrained=self.config.constrained,
-            )
+            c = self.config
+            templates = PromptTemplates.load(c.prompts_dir)
+            cache = None
+            if c.phrase_cache_dir is not None:
+                cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self._llm, c.classes, templates,
+                                                  constrained=c.constrained)
+            self._refiner = Refiner(self._llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
         return self._refiner
 
-    # --- the chain ----------------------------------------------------------------------------
+    def release(self, stage: str) -> None:
+        """Drop a stage's model (tagger, captioner, llm, detector, segmenter) so its memory can go back;
+        the next use loads it again. Injected stages are kept: the caller owns them."""
+        attribute = {"tagger": "_tagger", "captioner": "_captioner", "detector": "_detector",
+                     "segmenter": "_segmenter", "llm": "_llm"}[stage]
+        if stage in self._injected:
+            return
+        setattr(self, attribute, None)
+        if stage == "llm":
+            self._refiner = None
+        import gc
+
+        gc.collect()
+        if self.config.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        logger.info("released the %s", stage)
+
+    # --- the chain, one stage at a time (the batch runner calls these on chunks) -----------------
+    def tag(self, images: Sequence[Image.Image]) -> list[list[str]]:
+        tag_batch = getattr(self.tagger, "tag_batch", None)
+        return [list(t) for t in tag_batch(images)] if tag_batch else [list(self.tagger.tag(i)) for i in images]
+
+    def caption(self, images: Sequence[Image.Image]) -> list[str | None]:
+        """Captions, or None for every image when BLIP-2 is switched off (the model is not loaded)."""
+        if not self.config.use_caption:
+            return [None] * len(images)
+        caption_batch = getattr(self.captioner, "caption_batch", None)
+        return list(caption_batch(images)) if caption_batch else [self.captioner.caption(i) for i in images]
+
     def recognize(self, image: Image.Image) -> Recognition:
-        tags = self.tagger.tag(image)
-        caption = self.captioner.caption(image) if self.config.use_caption else None
-        return Recognition(tuple(tags), caption)
+        return Recognition(tuple(self.tag([image])[0]), self.caption([image])[0])
+
+    def scene_labels(self, recognitions: Sequence[Recognition]) -> list[tuple[list[str], str | None]]:
+        """The detector's labels per image and the LLM's reply: pre-refinement in one batched call, or
+        the tags themselves when pre-refinement is off."""
+        if not recognitions:
+            return []
+        if self.config.pre_refine:
+            return [(labels, reply) for labels, reply in self.refiner.pre_refine(list(recognitions))]
+        return [(list(r.tags), None) for r in recognitions]
+
+    def given_labels(self, labels: Sequence[str]) -> list[str]:
+        """User-given (or ground-truth) labels, checked against the class list, background dropped."""
+        classes = self.config.classes
+        return [label for label in ensure_names(labels, classes) if label != classes.background]
+
+    def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections:
+        return self.detector.detect(image, list(labels)) if labels else Detections.empty()
+
+    def label_detections(self, detections: Sequence[Detections]) -> list[tuple[Detections, dict[str, str] | None]]:
+        """Class-list labels for the detections of several images: post-refinement with all distinct
+        unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off."""
+        if not self.config.post_refine:
+            classes = self.config.classes
+            return [(d.with_labels(labels_without_llm(d.phrases, classes)), None) for d in detections]
+        if not any(len(d) for d in detections):
+            return [(d, {}) for d in detections]
+        refined = self.refiner.post_refine_batch([d.phrases for d in detections])
+        return [(d.with_labels(r.labels), r.replies) for d, r in zip(detections, refined)]
 
     def ground_truth_for(self, image: Image.Image, name: str | None) -> np.ndarray:
         """The class-index ground truth of an image, from `config.ground_truth_dir` by file stem."""
@@ -169,42 +232,32 @@ class Pipeline:
         if name is None and isinstance(image, (str, Path)):
             name = Path(image).stem
         image = load_image(image)
-        classes = self.config.classes
-        if (self.config.oracle_labels or self.config.oracle_boxes) and ground_truth is None:
+        c = self.config
+        if (c.oracle_labels or c.oracle_boxes) and ground_truth is None:
             ground_truth = self.ground_truth_for(image, name)
         replies: dict[str, object] = {}
         recognition: Recognition | None = None
-        if self.config.oracle_boxes:
-            detections = boxes_from_ground_truth(ground_truth, classes)
-            prompt_labels = labels_from_ground_truth(ground_truth, classes)
+        if c.oracle_boxes:
+            detections = boxes_from_ground_truth(ground_truth, c.classes)
+            prompt_labels = labels_from_ground_truth(ground_truth, c.classes)
         else:
-            if self.config.oracle_labels:
-                given: Sequence[str] | None = labels_from_ground_truth(ground_truth, classes)
-            else:
-                given = labels if labels is not None else self.config.labels
-            if given is not None:
-                prompt_labels = [label for label in ensure_names(given, classes) if label != classes.background]
+            if c.oracle_labels:
+                prompt_labels = labels_from_ground_truth(ground_truth, c.classes)
+            elif labels is not None or c.labels is not None:
+                prompt_labels = self.given_labels(labels if labels is not None else c.labels)
             else:
                 recognition = self.recognize(image)
-                if self.config.pre_refine:
-                    prompt_labels, reply = self.refiner.pre_refine([recognition])[0]
+                [(prompt_labels, reply)] = self.scene_labels([recognition])
+                if reply is not None:
                     replies["pre_refine"] = reply
-                else:
-                    prompt_labels = list(recognition.tags)
             logger.info("detector prompt: %s", prompt_labels)
-            detections = self.detector.detect(image, prompt_labels) if prompt_labels else Detections.empty()
-            if self.config.post_refine:
-                post = self.refiner.post_refine(detections.phrases)
-                detections = detections.with_labels(post.labels)
-                replies["post_refine"] = post.replies
-            else:
-                detections = detections.with_labels(labels_without_llm(detections.phrases, classes))
-
+            [(detections, post_replies)] = self.label_detections([self.detect(image, prompt_labels)])
+            if post_replies is not None:
+                replies["post_refine"] = post_replies
         instances = self.segmenter.segment(image, detections)
-        class_map = compose(instances, classes, image.height, image.width)
         return SegmentationResult(
-            class_map=class_map,
-            class_names=list(classes.names),
+            class_map=compose(instances, c.classes, image.height, image.width),
+            class_names=list(c.classes.names),
             recognition=recognition,
             scene_labels=prompt_labels,
             detections=detections,

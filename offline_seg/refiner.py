@@ -11,7 +11,8 @@ from typing import Sequence
 
 from offline_seg.classes import ClassList, parse_label_list, parse_single_label
 from offline_seg.errors import InvalidInputError
-from offline_seg.llm.base import LLM, ChatMessage
+from offline_seg.llm.base import LLM, ChatMessage, LabelList, accepts_constraint
+from offline_seg.llm.cache import PhraseCache
 from offline_seg.types import Recognition
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,13 @@ class PostRefinement:
 
 
 class Refiner:
-    """LLM refinement against one class list. Post-refinement answers are cached per phrase for the
-    refiner's lifetime (a pipeline run), so repeated phrases cost one call."""
+    """LLM refinement against one class list.
+
+    Constrained (the default), pre-refinement may only answer a list of foreground labels and
+    post-refinement exactly one label; unconstrained, replies are free text parsed as the paper does.
+    Post-refinement answers are cached per phrase for the refiner's lifetime, and across runs in
+    `phrase_cache` (see `Refiner.open_phrase_cache`), so a repeated phrase costs one call ever.
+    """
 
     def __init__(
         self,
@@ -68,13 +74,37 @@ class Refiner:
         *,
         constrained: bool = True,
         max_new_tokens: int = 200,
+        phrase_cache: PhraseCache | None = None,
     ) -> None:
         self.llm = llm
         self.classes = classes
         self.templates = templates or PromptTemplates.load()
         self.constrained = constrained
         self.max_new_tokens = max_new_tokens
+        self.phrase_cache = phrase_cache
         self._phrase_cache: dict[str, str | None] = {}
+        # An LLM object written against the first protocol (choices only) gets free-text pre-refinement.
+        self._list_constraint = constrained and accepts_constraint(llm)
+        if constrained and not self._list_constraint:
+            logger.warning("%s.complete takes no constraint=: pre-refinement replies are parsed as free text",
+                           type(llm).__name__)
+
+    @classmethod
+    def open_phrase_cache(
+        cls, directory: Path, llm: LLM, classes: ClassList, templates: PromptTemplates | None = None,
+        *, constrained: bool = True,
+    ) -> PhraseCache | None:
+        """The persistent cache for this model, class list, prompt and mode; None when the LLM does not
+        say which model it is (an injected object), since answers of another model must not be reused."""
+        identity = getattr(llm, "identity", None)
+        if not identity:
+            return None
+        templates = templates or PromptTemplates.load()
+        return PhraseCache.open(
+            directory, model=str(identity), labels=classes.names,
+            prompt=templates.system(templates.post_refine, classes),
+            mode="constrained" if constrained else "free",
+        )
 
     def pre_refine_messages(self, recognition: Recognition) -> list[ChatMessage]:
         return [
@@ -90,8 +120,9 @@ class Refiner:
 
     def pre_refine(self, recognitions: Sequence[Recognition]) -> list[tuple[list[str], str]]:
         """For each image, the foreground labels the LLM names and its raw reply (one batched call)."""
+        extra = {"constraint": LabelList(self.classes.foreground)} if self._list_constraint else {}
         replies = self.llm.complete(
-            [self.pre_refine_messages(r) for r in recognitions], max_new_tokens=self.max_new_tokens
+            [self.pre_refine_messages(r) for r in recognitions], max_new_tokens=self.max_new_tokens, **extra
         )
         results = []
         for reply in replies:
@@ -102,9 +133,19 @@ class Refiner:
     def post_refine(self, phrases: Sequence[str]) -> PostRefinement:
         """Map phrases to labels: members of the list map to themselves without a call; the distinct
         unknown phrases go to the LLM in one batch; background answers drop the detection."""
-        unknown = []
-        for phrase in phrases:
-            if self.classes.match(phrase) is None and phrase not in self._phrase_cache and phrase not in unknown:
+        return self.post_refine_batch([phrases])[0]
+
+    def post_refine_batch(self, phrase_lists: Sequence[Sequence[str]]) -> list[PostRefinement]:
+        """`post_refine` for a chunk of images: the distinct unknown phrases of all of them go to the
+        LLM in one call. Each image's `replies` holds the calls its own phrases caused."""
+        unknown: list[str] = []
+        for phrases in phrase_lists:
+            for phrase in phrases:
+                if self.classes.match(phrase) is not None or phrase in self._phrase_cache or phrase in unknown:
+                    continue
+                if self.phrase_cache is not None and phrase in self.phrase_cache:
+                    self._phrase_cache[phrase] = self.phrase_cache[phrase]
+                    continue
                 unknown.append(phrase)
         replies: dict[str, str] = {}
         if unknown:
@@ -115,10 +156,17 @@ class Refiner:
             )
             for phrase, answer in zip(unknown, answers):
                 replies[phrase] = answer
-                self._phrase_cache[phrase] = parse_single_label(answer, self.classes)
+                label = parse_single_label(answer, self.classes)
+                self._phrase_cache[phrase] = label
+                if self.phrase_cache is not None:
+                    self.phrase_cache.put(phrase, label)
                 logger.debug("post-refine %r -> %r", phrase, answer)
-        labels = [self._label_of(phrase) for phrase in phrases]
-        return PostRefinement(labels, replies)
+            if self.phrase_cache is not None:
+                self.phrase_cache.save()
+        return [
+            PostRefinement([self._label_of(p) for p in phrases], {p: replies[p] for p in phrases if p in replies})
+            for phrases in phrase_lists
+        ]
 
     def _label_of(self, phrase: str) -> str | None:
         label = self.classes.match(phrase)

@@ -124,10 +124,13 @@ class TwoPassSegmenter:
 
 
 class TransformersSam:
-    """`SamBackend` on transformers' `SamModel` (a transformers dir or an official .pth, converted).
+    """`SamBackend` on transformers: `SamModel` (a transformers dir or an official .pth, converted),
+    `SamHQModel` or `Sam2Model` (transformers dirs), whichever `load_sam_model` finds.
 
-    Each pass decodes all boxes of the image in one prompt-decoder call. The model loads on first use
-    so that building a pipeline stays cheap.
+    All three reuse one image encoding for every prompt call: SAM's embedding, SAM-HQ's embedding plus the
+    vision encoder's intermediate (first global-attention block) features that its HQ token path fuses in,
+    and SAM 2's multi-level feature maps. Each pass decodes all boxes of the image in one prompt-decoder
+    call. The model loads on first use so that building a pipeline stays cheap.
     """
 
     def __init__(self, model_path: Path | str, device: str = "cpu", dtype: torch.dtype | None = None):
@@ -149,15 +152,34 @@ class TransformersSam:
 
         model, processor = self.load()
         parameter = next(model.parameters())
+        model_type = model.config.model_type
         inputs = processor(images=image, return_tensors="pt")
-        (old_h, old_w), (new_h, new_w) = inputs["original_sizes"][0].tolist(), inputs["reshaped_input_sizes"][0].tolist()
+        pixels = inputs["pixel_values"].to(parameter.device, parameter.dtype)
+        old_h, old_w = inputs["original_sizes"][0].tolist()
         with torch.inference_mode():
-            embeddings = model.get_image_embeddings(inputs["pixel_values"].to(parameter.device, parameter.dtype))
+            if model_type == "sam2":
+                # Feature maps high-res first; the decoder takes the last as the embedding, the rest as skips.
+                embedding_inputs: dict[str, Any] = {"image_embeddings": model.get_image_embeddings(pixels)}
+            elif model_type == "sam_hq":
+                # Without `intermediate_embeddings` SAM-HQ silently drops the ViT features from its HQ mask.
+                vision = model.vision_encoder(pixels)
+                embedding_inputs = {
+                    "image_embeddings": vision.last_hidden_state,
+                    "intermediate_embeddings": list(vision.intermediate_embeddings),
+                }
+            else:
+                embedding_inputs = {"image_embeddings": model.get_image_embeddings(pixels)}
+        if model_type == "sam2":
+            # SAM 2 squashes the image to a square without padding; masks need only the original size.
+            new_h = new_w = processor.target_size
+            post_sizes: tuple[Any, ...] = (inputs["original_sizes"],)
+        else:
+            new_h, new_w = inputs["reshaped_input_sizes"][0].tolist()
+            post_sizes = (inputs["original_sizes"], inputs["reshaped_input_sizes"])
         return {
-            "embeddings": embeddings,
-            "original_sizes": inputs["original_sizes"],
-            "reshaped_sizes": inputs["reshaped_input_sizes"],
-            # The same per-axis scaling SamProcessor applies to prompts given in original pixels.
+            "model_inputs": embedding_inputs,
+            "post_sizes": post_sizes,
+            # The same per-axis scaling the processors apply to prompts given in original pixels.
             "scale": np.array([new_w / old_w, new_h / old_h], dtype=np.float64),
         }
 
@@ -177,15 +199,13 @@ class TransformersSam:
             prompts["input_labels"] = torch.ones(prompts["input_points"].shape[:-1], dtype=torch.long,
                                                  device=parameter.device)
         with torch.inference_mode():
-            out = model(image_embeddings=encoded["embeddings"], multimask_output=False, **prompts)
-        logits = processor.post_process_masks(
-            out.pred_masks.float().cpu(), encoded["original_sizes"], encoded["reshaped_sizes"], binarize=False
-        )[0]  # (N, 1, H, W)
-        return logits[:, 0].numpy()
+            out = model(**encoded["model_inputs"], multimask_output=False, **prompts)
+        logits = processor.post_process_masks(out.pred_masks.float().cpu(), *encoded["post_sizes"], binarize=False)[0]
+        return logits[:, 0].numpy()  # (N, 1, H, W) -> (N, H, W)
 
 
 class SamSegmenter(TwoPassSegmenter):
-    """SAM on transformers (`SamModel`): `model_path` is anything `load_sam_model` accepts."""
+    """SAM on transformers (SAM, SAM-HQ or SAM 2): `model_path` is anything `load_sam_model` accepts."""
 
     def __init__(
         self,

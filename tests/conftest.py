@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Keep the persistent phrase cache (and any other user cache) out of the developer's home.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="offline-seg-test-cache-")
 
 
 @pytest.fixture(scope="session")

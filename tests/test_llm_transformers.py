@@ -9,6 +9,7 @@ import pytest
 from offline_seg.classes import ClassList
 from offline_seg.errors import MissingWeightsError
 from offline_seg.llm import load_llm
+from offline_seg.llm.base import LabelList
 from offline_seg.llm.transformers_backend import TransformersLLM
 from offline_seg.refiner import Refiner
 from offline_seg.types import Recognition
@@ -35,6 +36,24 @@ def test_batched_generation_equals_one_by_one(tiny_llm_dir):
     single = [llm.complete([c], max_new_tokens=8)[0] for c in (CONVERSATION, other)]
     assert batched == single
     assert all(isinstance(text, str) for text in batched)
+
+
+def test_random_model_constrained_to_a_label_list_answers_only_members(tiny_llm_dir):
+    coco = ClassList.preset("coco81")
+    constraint = LabelList(coco.foreground)
+    llm = TransformersLLM(tiny_llm_dir, batch_size=3)
+    other = [{"role": "user", "content": "a kitchen with an oven, a sink and a refrigerator"}]
+    conversations = [CONVERSATION, other, CONVERSATION, other]
+    for max_new_tokens in (3, 40):  # 3 tokens: cut mid-label, the partial tail is dropped
+        replies = llm.complete(conversations, constraint=constraint, max_new_tokens=max_new_tokens)
+        assert replies[0] == replies[2] and replies[1] == replies[3]
+        for reply in replies:
+            items = reply.split(", ") if reply else []  # empty: no label finished within 3 tokens
+            assert all(item in coco.foreground for item in items), reply
+            assert len(items) == len(set(items))
+    assert llm.complete([other], constraint=constraint, max_new_tokens=40) == [replies[1]]  # batch-independent
+    stats = llm.stats.snapshot()
+    assert stats["calls"] == 3 and stats["requests"] == 9 and stats["prompt_tokens"] > 0 < stats["completion_tokens"]
 
 
 def test_missing_model_dir_names_the_file(tmp_path):
@@ -75,8 +94,12 @@ def test_real_llm_constrained_post_refinement_is_always_valid(smollm2):
 
 
 def test_real_llm_pre_refinement_returns_only_members(smollm2):
-    refiner = Refiner(smollm2, VOC, max_new_tokens=24)
-    [(labels, reply)] = refiner.pre_refine([Recognition(("dog", "grass", "man"), "a man walking a dog")])
+    recognitions = [Recognition(("dog", "grass", "man"), "a man walking a dog"),
+                    Recognition(("street", "bus", "car"), "a red bus on a city street")]
+    constrained = Refiner(smollm2, VOC, max_new_tokens=24).pre_refine(recognitions)
+    for labels, reply in constrained:  # constrained: the whole reply is a label list, 100 % members
+        assert labels and reply.split(", ") == labels and all(label in VOC.foreground for label in labels)
+    [(labels, reply)] = Refiner(smollm2, VOC, max_new_tokens=24, constrained=False).pre_refine(recognitions[:1])
     assert isinstance(reply, str) and reply
     assert all(label in VOC.foreground for label in labels)
 

@@ -4,6 +4,7 @@ import pytest
 
 from offline_seg.classes import ClassList
 from offline_seg.errors import InvalidInputError
+from offline_seg.llm.base import LabelList
 from offline_seg.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.types import Recognition
 
@@ -67,6 +68,49 @@ def test_unconstrained_post_refine_sends_no_choices():
     refiner = Refiner(llm, VOC, constrained=False)
     assert refiner.post_refine(["tv screen"]).labels == ["monitor"]
     assert llm.calls[0]["choices"] is None
+
+
+class ConstrainedScriptedLLM(ScriptedLLM):
+    """The current protocol: takes `constraint=` and has an identity for the persistent cache."""
+
+    identity = "scripted-v1"
+
+    def complete(self, conversations, *, choices=None, constraint=None, max_new_tokens=200):
+        self.calls.append({"users": [c[-1]["content"] for c in conversations], "choices": choices,
+                           "constraint": constraint})
+        return [self.answers.get(c[-1]["content"], "background") for c in conversations]
+
+
+def test_constrained_pre_refine_asks_for_a_foreground_label_list():
+    llm = ConstrainedScriptedLLM({"Here are input caption tags and text: dog": "dog, sofa"})
+    [(labels, _)] = Refiner(llm, VOC).pre_refine([Recognition(("dog",))])
+    assert labels == ["dog", "sofa"]
+    assert llm.calls[0]["constraint"] == LabelList(VOC.foreground)
+    Refiner(llm, VOC, constrained=False).pre_refine([Recognition(("dog",))])
+    assert llm.calls[1]["constraint"] is None
+
+
+def test_post_refine_batch_makes_one_call_for_a_chunk():
+    llm = ConstrainedScriptedLLM({"man": "person", "couch": "sofa", "puppy": "dog"})
+    refiner = Refiner(llm, VOC)
+    results = refiner.post_refine_batch([["man", "dog"], ["couch", "man"], [], ["puppy", "wall"]])
+    assert [r.labels for r in results] == [["person", "dog"], ["sofa", "person"], [], ["dog", None]]
+    assert llm.calls == [{"users": ["man", "couch", "puppy", "wall"], "choices": list(VOC.names), "constraint": None}]
+    assert results[1].replies == {"couch": "sofa", "man": "person"} and results[2].replies == {}
+
+
+def test_persistent_phrase_cache_spares_calls_in_the_next_run(tmp_path):
+    answers = {"man": "person", "wall": "background"}
+    first = ConstrainedScriptedLLM(answers)
+    cache = Refiner.open_phrase_cache(tmp_path, first, VOC)
+    Refiner(first, VOC, phrase_cache=cache).post_refine(["man", "wall"])
+    second = ConstrainedScriptedLLM(answers)  # a new run: same model, class list and prompt
+    refiner = Refiner(second, VOC, phrase_cache=Refiner.open_phrase_cache(tmp_path, second, VOC))
+    assert refiner.post_refine(["wall", "man", "puppy"]).labels == [None, "person", None]
+    assert [call["users"] for call in second.calls] == [["puppy"]]
+    other_list = Refiner.open_phrase_cache(tmp_path, second, ClassList.preset("dram"))
+    assert "man" not in other_list
+    assert Refiner.open_phrase_cache(tmp_path, ScriptedLLM({}), VOC) is None  # no identity: nothing reused
 
 
 def test_no_post_refine_keeps_only_members():

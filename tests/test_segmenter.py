@@ -263,3 +263,103 @@ def test_two_passes_feed_the_top_points_of_pass_one_into_pass_two():
     box_only = _RecordingBackend()
     TwoPassSegmenter(box_only, num_points=0).segment(Image.new("RGB", (90, 60)), _detections())
     assert len(box_only.decodes) == 1
+
+
+# --- SAM-HQ and SAM 2 transformers dirs ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    """One loaded segmenter per tiny variant, shared: loading dominates these tests' time."""
+    root = tmp_path_factory.mktemp("tiny_sam_variants")
+    dirs = {"sam_hq": tiny_sam.write_hq(root / "hq", seed=0), "sam2": tiny_sam.write_sam2(root / "sam2", seed=0)}
+    segmenters = {name: SamSegmenter(path, num_points=3) for name, path in dirs.items()}
+    for segmenter in segmenters.values():
+        segmenter.model  # noqa: B018 - load through load_sam_model now
+    return segmenters
+
+
+@pytest.mark.parametrize("model_type, model_class", [("sam_hq", "SamHQModel"), ("sam2", "Sam2Model")])
+def test_variant_loads_and_segments_with_one_encoding_per_image(variants, image, model_type, model_class):
+    segmenter = variants[model_type]  # loaded by load_sam_model from the written dir
+    model = segmenter.model
+    assert type(model).__name__ == model_class and model.config.model_type == model_type
+    assert not model.training and segmenter.num_points == 3
+    calls = []
+    hook = model.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        result = segmenter.segment(image, _detections())
+        other = segmenter.segment(image.resize((40, 70)), _detections())
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # one encoding per image; both passes reuse it
+    assert result.masks.shape == (3, 60, 90) and result.masks.dtype == bool
+    assert result.masks.any() and not result.masks.all()
+    assert [p.shape for p in result.points] == [(3, 2)] * 3
+    assert result.labels == ["dog", "wall", "cat"]
+    assert other.masks.shape == (3, 70, 40)
+
+
+def test_sam_hq_decode_matches_plain_processor_calls(variants, image):
+    """Box and box+point decodes equal SamHQProcessor-prompted forward calls on pixels, HQ path included."""
+    segmenter = variants["sam_hq"]
+    model, processor = segmenter.model, segmenter.processor
+    assert type(processor).__name__ == "SamHQProcessor"
+    detections = _detections().labelled()
+
+    def reference(**prompts):
+        inputs = processor(images=image, input_boxes=[detections.boxes.tolist()], return_tensors="pt", **prompts)
+        with torch.no_grad():
+            out = model(**inputs, multimask_output=False)
+        post = processor.post_process_masks(
+            out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"], binarize=False
+        )
+        return post[0][:, 0].numpy()
+
+    encoded = segmenter.backend.encode(image)
+    pass1 = segmenter.backend.decode(encoded, detections.boxes, None)
+    np.testing.assert_allclose(pass1, reference(), rtol=1e-5, atol=1e-5)
+    points = np.stack(top_n_points(pass1, 3))
+    pass2 = segmenter.backend.decode(encoded, detections.boxes, points)
+    expected = reference(input_points=[[p.tolist() for p in points]], input_labels=[[[1] * 3] * len(detections)])
+    np.testing.assert_allclose(pass2, expected, rtol=1e-5, atol=1e-5)
+    result = segmenter.segment(image, _detections())
+    assert np.array_equal(result.masks, pass2 > 0)
+    # The check has teeth: without the ViT features the HQ mask differs.
+    encoded["model_inputs"] = {"image_embeddings": encoded["model_inputs"]["image_embeddings"]}
+    assert not np.allclose(segmenter.backend.decode(encoded, detections.boxes, None), pass1, atol=1e-3)
+
+
+def test_sam2_decode_matches_a_full_forward(variants, image):
+    """Reusing SAM 2's feature maps equals a forward on pixels with prompts scaled to the squashed square."""
+    from offline_seg.models.sam_checkpoint import Sam2PilProcessor
+
+    segmenter = variants["sam2"]
+    model, processor = segmenter.model, segmenter.processor
+    assert isinstance(processor, Sam2PilProcessor) and processor.target_size == tiny_sam.IMAGE_SIZE
+    inputs = processor(images=image)
+    assert inputs["pixel_values"].shape == (1, 3, 128, 128) and inputs["original_sizes"].tolist() == [[60, 90]]
+    detections = _detections().labelled()
+    scale = np.array([128 / 90, 128 / 60, 128 / 90, 128 / 60])
+    points = np.array([[[10, 10], [20, 15]], [[40, 30], [5, 50]], [[45, 20], [31, 11]]], np.float32)
+    with torch.no_grad():
+        out = model(
+            pixel_values=inputs["pixel_values"],
+            input_boxes=torch.tensor(detections.boxes * scale, dtype=torch.float32)[None],
+            input_points=torch.tensor(points * scale[:2], dtype=torch.float32)[None],
+            input_labels=torch.ones(1, 3, 2, dtype=torch.long),
+            multimask_output=False,
+        )
+    expected = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], binarize=False)[0][:, 0]
+    actual = segmenter.backend.decode(segmenter.backend.encode(image), detections.boxes, points)
+    assert actual.shape == (3, 60, 90)
+    np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_transformers_model_type(tmp_path):
+    from offline_seg.errors import InvalidInputError
+
+    (tmp_path / "config.json").write_text('{"model_type": "sam2_video"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match="sam2_video"):
+        load_sam_model(tmp_path)

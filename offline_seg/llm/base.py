@@ -1,9 +1,17 @@
-"""The LLM contract the refiner depends on, modelled on OpenAI-style chat messages."""
+"""The LLM contract the refiner depends on, modelled on OpenAI-style chat messages.
+
+This module imports nothing heavy (no torch, no transformers), so the vLLM venv, which pins an older
+transformers, can import it too.
+"""
 
 from __future__ import annotations
 
+import inspect
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence, TypedDict
+from typing import Protocol, Sequence, TypedDict, Union
+from urllib.parse import parse_qsl
 
 from offline_seg.errors import InvalidInputError
 
@@ -13,11 +21,82 @@ class ChatMessage(TypedDict):
     content: str
 
 
-class LLM(Protocol):
-    """Completes a batch of chat conversations.
+@dataclass(frozen=True)
+class Choice:
+    """The answer is exactly one of `options`."""
 
-    With `choices`, every answer must be exactly one of them (backends enforce it by constrained
-    decoding or likelihood ranking); without, the reply is free text. Greedy: same input, same output.
+    options: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(self.options))
+        if not self.options:
+            raise InvalidInputError("a choice constraint needs at least one option")
+
+
+@dataclass(frozen=True)
+class LabelList:
+    """The answer is one or more distinct `options` joined by `separator`, e.g. `cat, dog`."""
+
+    options: tuple[str, ...]
+    separator: str = ", "
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(self.options))
+        if not self.options:
+            raise InvalidInputError("a label-list constraint needs at least one option")
+        mark = self.separator.strip() or self.separator
+        clashing = [option for option in self.options if mark in option]
+        if clashing:
+            raise InvalidInputError(f"labels {clashing!r} contain the list separator {self.separator!r}")
+
+    def split(self, text: str) -> list[str]:
+        """The members of `text` in order, without repeats; anything else (a cut-off tail) is dropped."""
+        known = set(self.options)
+        items: list[str] = []
+        for item in text.split(self.separator.strip() or self.separator):
+            item = item.strip()
+            if item in known and item not in items:
+                items.append(item)
+        return items
+
+
+Constraint = Union[Choice, LabelList]
+
+
+@dataclass
+class LLMStats:
+    """Traffic counters of one backend, for benchmarks and logs. Thread-safe increments."""
+
+    calls: int = 0  # `complete` invocations
+    requests: int = 0  # conversations answered
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    invalid: int = 0  # constrained answers that were not valid (only possible without server-side constraints)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + int(value))
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "calls": self.calls,
+                "requests": self.requests,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "invalid": self.invalid,
+            }
+
+
+class LLM(Protocol):
+    """Completes a batch of chat conversations, greedily: same input, same output.
+
+    `choices=[...]` is shorthand for `constraint=Choice(...)`. With a constraint, backends that can
+    constrain decoding return only valid answers (one option, or a list of options joined by the
+    separator); a backend that cannot (an OpenAI server without a grammar dialect) returns the raw
+    reply, counts it in `stats.invalid`, and the caller's parser drops it. Without, free text.
     """
 
     def complete(
@@ -25,18 +104,85 @@ class LLM(Protocol):
         conversations: Sequence[Sequence[ChatMessage]],
         *,
         choices: Sequence[str] | None = None,
+        constraint: Constraint | None = None,
         max_new_tokens: int = 200,
     ) -> list[str]: ...
 
 
+def resolve_constraint(choices: Sequence[str] | None, constraint: Constraint | None) -> Constraint | None:
+    """One constraint from the two ways of asking for one."""
+    if choices is not None and constraint is not None:
+        raise InvalidInputError("give choices or constraint, not both")
+    return Choice(tuple(choices)) if choices is not None else constraint
+
+
+def accepts_constraint(llm: object) -> bool:
+    """Whether `llm.complete` takes `constraint=` (LLM objects written against the first protocol do not)."""
+    try:
+        parameters = inspect.signature(llm.complete).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "constraint" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def split_options(target: str) -> tuple[str, dict[str, str]]:
+    """`DIR?key=value&...` → (`DIR`, {key: value}); how backend options ride inside one `--llm` string."""
+    base, mark, query = target.partition("?")
+    if not mark:
+        return target, {}
+    return base, dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+
+
+def _flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+BACKENDS = ("transformers", "vllm", "openai")
+
+
 def load_llm(spec: str | Path, *, device: str = "cpu") -> LLM:
-    """Build a backend from a spec such as `transformers:DIR` (a bare path means transformers)."""
+    """Build a backend from a spec: `transformers:DIR_OR_GGUF`, `vllm:DIR`, `openai:http://127.0.0.1:8000/v1`
+    (a bare path means transformers). Options follow `?`, e.g. `vllm:DIR?gpu_memory_utilization=0.4`."""
     text = str(spec)
     backend, _, target = text.partition(":")
     if not target or len(backend) == 1:  # a bare path (or a Windows drive letter)
         backend, target = "transformers", text
-    if backend == "transformers":
-        from offline_seg.llm.transformers_backend import TransformersLLM
+    target, options = split_options(target)
+    try:
+        if backend == "transformers":
+            from offline_seg.llm.transformers_backend import TransformersLLM
 
-        return TransformersLLM(Path(target), device=device)
-    raise InvalidInputError(f"unknown LLM backend {backend!r} in {text!r}; available: transformers")
+            quantization = options.pop("quantization", None) or None
+            batch_size = int(options.pop("batch_size", 8))
+            _reject_unknown(options, backend)
+            return TransformersLLM(Path(target), device=device, quantization=quantization, batch_size=batch_size)
+        if backend == "vllm":
+            from offline_seg.llm.vllm_backend import VllmLLM
+
+            kwargs: dict[str, object] = {}
+            for key, cast in (("gpu_memory_utilization", float), ("max_model_len", int), ("quantization", str),
+                              ("dtype", str), ("tensor_parallel_size", int), ("enforce_eager", _flag)):
+                if key in options:
+                    kwargs[key] = cast(options.pop(key))
+            _reject_unknown(options, backend)
+            return VllmLLM(Path(target), **kwargs)  # type: ignore[arg-type]
+        if backend == "openai":
+            from offline_seg.llm.openai_backend import OpenAILLM
+
+            kwargs = {}
+            for key, cast in (("model", str), ("constraint", str), ("concurrency", int), ("timeout", float),
+                              ("retries", int), ("allow_remote", _flag)):
+                if key in options:
+                    kwargs[key] = cast(options.pop(key))
+            _reject_unknown(options, backend)
+            return OpenAILLM(target, **kwargs)  # type: ignore[arg-type]
+    except ValueError as error:
+        if isinstance(error, InvalidInputError):
+            raise
+        raise InvalidInputError(f"bad option in LLM spec {text!r}: {error}") from error
+    raise InvalidInputError(f"unknown LLM backend {backend!r} in {text!r}; available: {', '.join(BACKENDS)}")
+
+
+def _reject_unknown(options: dict[str, str], backend: str) -> None:
+    if options:
+        raise InvalidInputError(f"unknown option(s) {', '.join(sorted(options))} for the {backend} LLM backend")

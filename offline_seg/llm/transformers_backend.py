@@ -10,8 +10,9 @@ from typing import Sequence
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from offline_seg.errors import MissingWeightsError
-from offline_seg.llm.base import ChatMessage
+from offline_seg.errors import InvalidInputError, MissingWeightsError
+from offline_seg.llm.base import ChatMessage, Choice, Constraint, LabelList, LLMStats, resolve_constraint
+from offline_seg.llm.constraints import LabelListAutomaton
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +20,10 @@ logger = logging.getLogger(__name__)
 class TransformersLLM:
     """Chat completion with `AutoModelForCausalLM`.
 
-    With `choices`, each answer is the choice of highest conditional log-likelihood (choice tokens plus
-    the end-of-turn token), so the reply is always a member of the list, whatever the model's size.
+    With a `Choice`, each answer is the option of highest conditional log-likelihood (option tokens plus
+    the end-of-turn token); with a `LabelList`, greedy decoding is masked to a token trie of the labels.
+    Either way the reply is valid whatever the model's size. `quantization` ("4bit"/"8bit") loads the
+    weights with bitsandbytes (a CUDA device in practice).
     """
 
     def __init__(
@@ -30,13 +33,26 @@ class TransformersLLM:
         device: str = "cpu",
         dtype: torch.dtype | None = None,
         batch_size: int = 8,
+        quantization: str | None = None,
     ) -> None:
+        if quantization not in (None, "4bit", "8bit"):
+            raise InvalidInputError(f"transformers quantization must be 4bit or 8bit, not {quantization!r}")
         self.model_path = Path(model_path)
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
+        self.quantization = quantization
+        self.stats = LLMStats()
         self._model = None
         self._tokenizer = None
+        self._automata: dict[LabelList, LabelListAutomaton] = {}
+
+    @property
+    def identity(self) -> str:
+        """What a persistent answer cache is keyed by: the model file(s) and the loading options."""
+        path = self.model_path.resolve()
+        stamp = path.stat().st_size if path.is_file() else ""
+        return f"transformers:{path}:{stamp}:{self.quantization or ''}"
 
     # --- loading ------------------------------------------------------------------------------
     def _locate(self) -> tuple[Path, dict[str, str]]:
@@ -60,18 +76,36 @@ class TransformersLLM:
         directory, extra = self._locate()
         logger.info("loading LLM from %s %s", directory, extra or "")
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
+        if self.quantization is not None:
+            from transformers import BitsAndBytesConfig
+
+            bits = {"load_in_4bit": True} if self.quantization == "4bit" else {"load_in_8bit": True}
+            extra = {**extra, "quantization_config": BitsAndBytesConfig(**bits), "device_map": self.device}
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=self.dtype, **extra)
-        model.to(self.device).eval()
+        if self.quantization is None:
+            model.to(self.device)
+        model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer, self._model = tokenizer, model
 
     def _end_of_turn_id(self) -> int:
+        return self._end_ids()[0]
+
+    def _end_ids(self) -> list[int]:
+        """The tokens that end a reply: the generation config's, else the tokenizer's end of sequence."""
         eos = self._model.generation_config.eos_token_id
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0] if eos else None
-        return int(eos if eos is not None else self._tokenizer.eos_token_id)
+        ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+        return [int(i) for i in ids] or [int(self._tokenizer.eos_token_id)]
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _automaton(self, constraint: LabelList) -> LabelListAutomaton:
+        if constraint not in self._automata:
+            self._automata[constraint] = LabelListAutomaton(constraint, self._encode, self._end_ids())
+        return self._automata[constraint]
 
     def _prompt_ids(self, conversation: Sequence[ChatMessage]) -> list[int]:
         text = self._tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
@@ -83,33 +117,53 @@ class TransformersLLM:
         conversations: Sequence[Sequence[ChatMessage]],
         *,
         choices: Sequence[str] | None = None,
+        constraint: Constraint | None = None,
         max_new_tokens: int = 200,
     ) -> list[str]:
+        constraint = resolve_constraint(choices, constraint)
         if not conversations:
             return []
         self._load()
         prompts = [self._prompt_ids(conversation) for conversation in conversations]
-        if choices is not None:
-            return [choices[int(torch.argmax(self.choice_log_likelihoods(ids, choices)))] for ids in prompts]
+        self.stats.add(calls=1, requests=len(prompts), prompt_tokens=sum(len(ids) for ids in prompts))
+        if isinstance(constraint, Choice):
+            options = constraint.options
+            answers = [options[int(torch.argmax(self.choice_log_likelihoods(ids, options)))] for ids in prompts]
+            self.stats.add(completion_tokens=sum(len(self._encode(answer)) + 1 for answer in answers))
+            return answers
         replies: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            replies.extend(self._generate(prompts[start : start + self.batch_size], max_new_tokens))
+            replies.extend(self._generate(prompts[start : start + self.batch_size], max_new_tokens, constraint))
+        if isinstance(constraint, LabelList):  # a reply cut off by max_new_tokens loses its partial last label
+            replies = [constraint.separator.join(constraint.split(reply)) for reply in replies]
         return replies
 
     @torch.inference_mode()
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, constraint: LabelList | None) -> list[str]:
         width = max(len(ids) for ids in prompts)
         pad = self._tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=self.device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=self.device)
+        end_ids = self._end_ids()
+        extra = {}
+        if constraint is not None:
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList(
+                [_TrieLogitsProcessor(self._automaton(constraint), width, len(prompts))]
+            )
         output = self._model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
+            eos_token_id=end_ids,
+            **extra,
         )
-        return [text.strip() for text in self._tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+        generated = output[:, width:]
+        self.stats.add(completion_tokens=sum(_reply_length(row, end_ids) for row in generated.tolist()))
+        return [text.strip() for text in self._tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     @torch.inference_mode()
     def choice_log_likelihoods(self, prompt_ids: list[int], choices: Sequence[str]) -> torch.Tensor:
@@ -144,6 +198,39 @@ class TransformersLLM:
                     total = total + log_probs[row, steps, torch.tensor(cont[1:], device=self.device)].sum()
                 scores.append(total.cpu())
         return torch.stack(scores)
+
+
+def _reply_length(tokens: list[int], end_ids: list[int]) -> int:
+    for index, token in enumerate(tokens):
+        if token in end_ids:
+            return index + 1
+    return len(tokens)
+
+
+class _TrieLogitsProcessor:
+    """Masks every token the label-list automaton forbids; one automaton state per batch row.
+
+    A `LogitsProcessor` by duck typing (transformers calls it with the ids so far and the next-token
+    scores), so that importing this module does not depend on where transformers keeps that class.
+    """
+
+    def __init__(self, automaton: LabelListAutomaton, prompt_width: int, rows: int) -> None:
+        self.automaton = automaton
+        self.seen = prompt_width
+        self.states = [automaton.start() for _ in range(rows)]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] > self.seen:
+            last = input_ids[:, -1].tolist()
+            self.states = [self.automaton.advance(state, token) for state, token in zip(self.states, last)]
+            self.seen = input_ids.shape[1]
+        mask = torch.zeros_like(scores)
+        for row, state in enumerate(self.states):
+            allowed = self.automaton.allowed(state)
+            if allowed is not None:
+                mask[row] = float("-inf")
+                mask[row, [token for token in allowed if token < scores.shape[1]]] = 0.0
+        return scores + mask
 
 
 # transformers 5.2x renamed `past_key_values` to `cache` (the old name still works, with a warning).

@@ -1,16 +1,20 @@
-"""A tiny random SAM (~0.1M parameters, 128-px input) in transformers format or as an official `.pth`.
+"""Tiny random SAM-family models (~0.1M parameters, 128-px input) for tests and smoke runs.
 
-Both writers build the same weights from the same seed, so tests can check that the official-checkpoint
-converter reproduces the transformers model exactly.
+`write` and `write_official` build the same SAM weights from the same seed, so tests can check that the
+official-checkpoint converter reproduces the transformers model exactly. `write_hq` and `write_sam2` write
+SAM-HQ (`SamHQModel`) and SAM 2 (`Sam2Model`) in transformers' on-disk format, to exercise the loader's
+`model_type` dispatch and each variant's prompt path.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from transformers import SamModel
+    import torch
+    from transformers import Sam2Model, SamHQModel, SamModel
 
 IMAGE_SIZE = 128  # 8x8 patch grid: windowed blocks (window 4) differ in shape from the global one
 OFFICIAL_NAME = "sam_vit_t_tiny.pth"  # matches the loader's `sam_vit_*.pth` glob
@@ -46,14 +50,121 @@ def build(seed: int = 0) -> SamModel:
     model = SamModel(config).eval()
     # transformers initialises the vision tower near zero (range 1e-10), which makes every logit ~0;
     # redraw non-norm weights so masks have structure (still meaningless).
+    return _redraw(model, seed, lambda name: "layer_norm" in name or name == _TIED)
+
+
+_TIED = "shared_image_embedding.positional_embedding"  # a copy of the prompt encoder's table
+
+
+def _redraw(model: torch.nn.Module, seed: int, keep: Callable[[str], bool]) -> torch.nn.Module:
+    """Redraw every parameter not kept as N(0, 0.2^2) in `named_parameters` order, then re-tie."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "layer_norm" in name or name == "shared_image_embedding.positional_embedding":
+            if keep(name):
                 continue
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
         model.tie_weights()
     return model
+
+
+def _is_norm(model: torch.nn.Module) -> Callable[[str], bool]:
+    """Whether a parameter name belongs to a LayerNorm (any subclass) of `model`, or is the tied table."""
+    import torch
+
+    norms = {f"{module_name}.{p}" for module_name, module in model.named_modules()
+             if isinstance(module, torch.nn.LayerNorm) for p in ("weight", "bias")}
+    return lambda name: name in norms or name == _TIED
+
+
+def build_hq(seed: int = 0) -> SamHQModel:
+    """A tiny SAM-HQ: the tiny SAM's shapes plus the HQ token path (fed by the one global block's output)."""
+    import torch
+    from transformers import (
+        SamHQConfig,
+        SamHQMaskDecoderConfig,
+        SamHQModel,
+        SamHQPromptEncoderConfig,
+        SamHQVisionConfig,
+    )
+
+    hidden = 32
+    config = SamHQConfig(
+        vision_config=SamHQVisionConfig(
+            hidden_size=hidden,
+            output_channels=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=16,
+            mlp_dim=64,
+            window_size=4,
+            global_attn_indexes=[1],
+            num_pos_feats=hidden // 2,
+        ),
+        prompt_encoder_config=SamHQPromptEncoderConfig(
+            hidden_size=hidden, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=8
+        ),
+        mask_decoder_config=SamHQMaskDecoderConfig(
+            hidden_size=hidden,
+            mlp_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            iou_head_hidden_dim=hidden,
+            vit_dim=hidden,  # width of the ViT features the HQ path compresses
+        ),
+    )
+    torch.manual_seed(seed)
+    model = SamHQModel(config).eval()
+    return _redraw(model, seed, _is_norm(model))
+
+
+def build_sam2(seed: int = 0) -> Sam2Model:
+    """A tiny SAM 2: a 4-stage Hiera (32/16/8/4 grids at 128 px) with an FPN feeding the decoder's 3 levels."""
+    import torch
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    hidden = 32
+    dims = [8, 16, 32, 64]
+    backbone = Sam2HieraDetConfig(
+        hidden_size=dims[0],
+        num_attention_heads=1,
+        image_size=[IMAGE_SIZE, IMAGE_SIZE],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=dims,
+        num_attention_heads_per_stage=[1, 1, 2, 2],
+        window_size_per_stage=[4, 4, 4, 4],
+        # Not the first block of a stage: Hiera's pooling blocks need a window.
+        global_attention_blocks=[3],
+        window_positional_embedding_background_size=[4, 4],
+    )
+    grids = [[IMAGE_SIZE // 4 >> level] * 2 for level in range(3)]  # 32, 16, 8
+    config = Sam2Config(
+        vision_config=Sam2VisionConfig(
+            backbone_config=backbone,
+            backbone_channel_list=dims[::-1],
+            backbone_feature_sizes=grids,
+            fpn_hidden_size=hidden,
+        ),
+        prompt_encoder_config=Sam2PromptEncoderConfig(
+            hidden_size=hidden, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=8
+        ),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=hidden, mlp_dim=64, num_hidden_layers=2, num_attention_heads=8, iou_head_hidden_dim=hidden
+        ),
+    )
+    torch.manual_seed(seed)
+    model = Sam2Model(config).eval()
+    return _redraw(model, seed, _is_norm(model))
 
 
 def _processor():
@@ -68,6 +179,42 @@ def write(model_dir: Path, seed: int = 0) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     build(seed).save_pretrained(model_dir)
     _processor().image_processor.save_pretrained(model_dir)  # flat preprocessor_config.json
+    return model_dir
+
+
+def write_hq(model_dir: Path, seed: int = 0) -> Path:
+    """Write the tiny SAM-HQ (config.json with model_type "sam_hq", model.safetensors, preprocessor_config.json)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    build_hq(seed).save_pretrained(model_dir)
+    _processor().image_processor.save_pretrained(model_dir)  # SAM-HQ preprocesses exactly like SAM
+    return model_dir
+
+
+def write_sam2(model_dir: Path, seed: int = 0) -> Path:
+    """Write the tiny SAM 2 (config.json with model_type "sam2", model.safetensors, preprocessor_config.json).
+
+    The preprocessor config is written by hand in `Sam2ImageProcessor`'s format, since that class cannot
+    be built without torchvision.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    build_sam2(seed).save_pretrained(model_dir)
+    preprocessor = {
+        "image_processor_type": "Sam2ImageProcessor",
+        "processor_class": "Sam2Processor",
+        "do_resize": True,
+        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        "mask_size": {"height": IMAGE_SIZE // 4, "width": IMAGE_SIZE // 4},
+        "resample": 2,  # bilinear
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "do_convert_rgb": True,
+    }
+    (model_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
     return model_dir
 
 

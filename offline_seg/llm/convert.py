@@ -1,0 +1,38 @@
+"""GGUF → safetensors HF directory, for servers without a GGUF loader (vLLM's CPU build)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from offline_seg.errors import MissingWeightsError
+
+logger = logging.getLogger(__name__)
+
+
+def gguf_to_hf(gguf: Path, out_dir: Path, *, dtype: str = "bfloat16") -> Path:
+    """Write `out_dir` (config, tokenizer, safetensors) from a GGUF file, de-quantised to `dtype`.
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so the weights are moved into a
+    model rebuilt from the config without its GGUF `quantization_config`.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf, out_dir = Path(gguf), Path(out_dir)
+    if not gguf.is_file():
+        raise MissingWeightsError(gguf, component="llm")
+    torch_dtype = getattr(torch, dtype)
+    logger.info("converting %s to %s (%s)", gguf, out_dir, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,139 @@
+"""The OpenAI-compatible backend against small local HTTP servers: retries, errors, dialects, usage."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from offline_seg.classes import ClassList
+from offline_seg.errors import InvalidInputError
+from offline_seg.llm.base import Choice, LabelList
+from offline_seg.llm.openai_backend import LLMServerError, OpenAILLM
+
+VOC = ClassList.preset("voc")
+CONVERSATION = [{"role": "user", "content": "a puppy"}]
+
+
+class FakeServer:
+    """A chat server that fails the first `failures` requests with HTTP 503, then answers from `answer`."""
+
+    def __init__(self, answer, *, failures=0, owned_by="vllm", delay=0.0):
+        self.bodies: list[dict] = []
+        self.failures = failures
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _send(self, code, data):
+                payload = json.dumps(data).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                self._send(200, {"data": [{"id": "fake-model", "owned_by": owned_by}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                if outer.failures > 0:
+                    outer.failures -= 1
+                    return self._send(503, {"error": "busy"})
+                time.sleep(delay)
+                text, finish = answer(body)
+                self._send(200, {"choices": [{"message": {"content": text}, "finish_reason": finish}],
+                                 "usage": {"prompt_tokens": 10, "completion_tokens": 2}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def echo_server():
+    server = FakeServer(lambda body: (body["messages"][-1]["content"], "stop"))
+    yield server
+    server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_refuses_hosts_that_are_not_this_machine():
+    with pytest.raises(InvalidInputError, match="not this machine"):
+        OpenAILLM("http://10.0.0.5:8000/v1")
+    with pytest.raises(InvalidInputError, match="not this machine"):
+        OpenAILLM("http://example.org/v1")
+    OpenAILLM("http://localhost:8000/v1")
+    OpenAILLM("http://[::1]:8000/v1")
+    OpenAILLM("http://10.0.0.5:8000/v1", allow_remote=True)
+
+
+def test_a_server_that_is_down_gives_one_clear_error_at_once():
+    port = free_port()
+    llm = OpenAILLM(f"http://127.0.0.1:{port}/v1", retries=5, backoff=1.0)
+    started = time.monotonic()
+    with pytest.raises(LLMServerError, match=f"no LLM server at http://127.0.0.1:{port}/v1.*offline-seg llm serve"):
+        llm.complete([CONVERSATION])
+    assert time.monotonic() - started < 2  # no retry loop on a refused connection
+
+
+def test_retries_with_backoff_then_succeeds(echo_server):
+    echo_server.failures = 2
+    llm = OpenAILLM(echo_server.url, retries=3, backoff=0.01, concurrency=1)
+    assert llm.complete([CONVERSATION]) == ["a puppy"]
+    assert len(echo_server.bodies) == 3
+    echo_server.failures = 5
+    with pytest.raises(LLMServerError, match="HTTP 503"):
+        OpenAILLM(echo_server.url, retries=1, backoff=0.01).complete([CONVERSATION])
+
+
+def test_timeout_is_an_error_not_a_hang():
+    server = FakeServer(lambda body: ("late", "stop"), delay=1.5)
+    try:
+        llm = OpenAILLM(server.url, timeout=0.3, retries=1, backoff=0.01)
+        with pytest.raises(LLMServerError, match="failed after 2 tries"):
+            llm.complete([CONVERSATION])
+    finally:
+        server.close()
+
+
+def test_vllm_dialect_sends_structured_outputs_and_counts_usage(echo_server):
+    llm = OpenAILLM(echo_server.url, concurrency=4)
+    users = ["dog", "Cat", "a lamp", "sofa", "person"]
+    answers = llm.complete([[{"role": "user", "content": u}] for u in users], choices=VOC.names, max_new_tokens=7)
+    assert answers == ["dog", "cat", "a lamp", "sofa", "person"]  # order kept; canonical case; invalid as-is
+    body = echo_server.bodies[0]
+    assert body["model"] == "fake-model" and body["temperature"] == 0 and body["max_tokens"] == 7
+    assert body["structured_outputs"] == {"choice": list(VOC.names)}
+    assert llm.stats.snapshot() == {"calls": 1, "requests": 5, "prompt_tokens": 50, "completion_tokens": 10,
+                                    "invalid": 1}
+    llm.complete([[{"role": "user", "content": "dog, cat"}]], constraint=LabelList(VOC.foreground))
+    assert set(echo_server.bodies[-1]["structured_outputs"]) == {"regex"}
+
+
+def test_gbnf_and_plain_dialects():
+    server = FakeServer(lambda body: ("dog, cat, hor", "length"), owned_by="llamacpp")
+    try:
+        llm = OpenAILLM(server.url)
+        assert llm.complete([CONVERSATION], constraint=LabelList(VOC.foreground)) == ["dog, cat"]
+        assert llm.dialect == "gbnf" and server.bodies[-1]["grammar"].startswith("root ::= label")
+        plain = OpenAILLM(server.url, constraint="none")
+        assert plain.complete([CONVERSATION], constraint=Choice(("dog",))) == ["dog, cat, hor"]
+        assert "grammar" not in server.bodies[-1] and plain.stats.invalid == 1
+    finally:
+        server.close()
