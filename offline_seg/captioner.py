@@ -13,7 +13,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
-from offline_seg.detector import check_model_dir
+from offline_seg.models.hf import load_local_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,12 @@ class Blip2Captioner:
     def _load(self) -> None:
         if self._model is not None:
             return
-        directory = check_model_dir(self.model_dir, COMPONENT, REQUIRED_FILES)
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        logger.info("loading BLIP-2 from %s", directory)
-        processor = Blip2Processor.from_pretrained(directory, local_files_only=True)
-        model = Blip2ForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
-        model.to(self.device).eval()
-        self._processor, self._model = processor, model
+        self._processor, self._model = load_local_pretrained(
+            self.model_dir, COMPONENT, REQUIRED_FILES, Blip2ForConditionalGeneration, Blip2Processor,
+            device=self.device, dtype=self.dtype,
+        )
 
     def caption(self, image: Image.Image) -> str:
         """One caption for one image."""

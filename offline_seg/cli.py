@@ -532,14 +532,14 @@ def llm_serve(model_dir: Path, port: int, gpu_memory_gb: float, gpu_memory_utili
     """Start vLLM's OpenAI-compatible server for MODEL on 127.0.0.1 (then use --llm openai:URL)."""
     import shlex
 
-    from offline_seg.llm.serve import MemoryPlan, ServeOptions, cpu_environment
+    from offline_seg.llm.serve import VllmShare, ServeOptions, cpu_environment
 
     if not dry_run and not (model_dir / "config.json").is_file():
         raise InvalidInputError(f"no config.json in {model_dir}: give a HF model directory")
     options = ServeOptions(
         model=model_dir,
         port=port,
-        gpu_memory_utilization=gpu_memory_utilization or MemoryPlan(gpu_memory_gb=gpu_memory_gb).gpu_memory_utilization,
+        gpu_memory_utilization=gpu_memory_utilization or VllmShare(gpu_memory_gb=gpu_memory_gb).gpu_memory_utilization,
         max_model_len=max_model_len,
         quantization=quantization,
         enforce_eager=enforce_eager or cpu,

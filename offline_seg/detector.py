@@ -17,7 +17,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from offline_seg.errors import MissingWeightsError
+from offline_seg.models.hf import load_local_pretrained
 from offline_seg.types import Detections
 
 logger = logging.getLogger(__name__)
@@ -93,18 +93,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def check_model_dir(model_dir: Path, component: str, required: Sequence[str]) -> Path:
-    """The directory if every required file (glob patterns allowed) is there, else MissingWeightsError
-    naming the first missing one, so the user knows what to fetch."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise MissingWeightsError(model_dir / required[0], component=component)
-    for pattern in required:
-        if not any(p.is_file() for p in model_dir.glob(pattern)):
-            raise MissingWeightsError(model_dir / pattern, component=component)
-    return model_dir
-
-
 class GroundingDinoDetector:
     """Grounding DINO on a local transformers directory, loaded on first use.
 
@@ -134,14 +122,12 @@ class GroundingDinoDetector:
     def _load(self) -> None:
         if self._model is not None:
             return
-        directory = check_model_dir(self.model_dir, COMPONENT, REQUIRED_FILES)
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
-        logger.info("loading Grounding DINO from %s", directory)
-        processor = GroundingDinoProcessor.from_pretrained(directory, local_files_only=True)
-        model = GroundingDinoForObjectDetection.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
-        model.to(self.device).eval()
-        self._processor, self._model = processor, model
+        self._processor, self._model = load_local_pretrained(
+            self.model_dir, COMPONENT, REQUIRED_FILES, GroundingDinoForObjectDetection, GroundingDinoProcessor,
+            device=self.device, dtype=self.dtype,
+        )
 
     def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections:
         """Detect the labels in one image; boxes are pixel xyxy clipped to the image."""

@@ -1,4 +1,4 @@
-"""The vLLM server command line from a GPU memory plan, and a local server process with a health wait.
+"""The vLLM server command line from a GPU memory share, and a local server process with a health wait.
 
 Standard library only: used by `offline-seg llm serve`, the tests and `scripts/bench_llm.py`.
 """
@@ -24,8 +24,9 @@ QUANTIZATIONS = ("awq", "gptq", "bitsandbytes", "fp8")
 
 
 @dataclass(frozen=True)
-class MemoryPlan:
-    """How much of one GPU vLLM may claim so the vision models still fit beside it.
+class VllmShare:
+    """How much of one GPU vLLM may claim so the vision models still fit beside it: a quick rule for the
+    server's flag. `offline-seg plan --llm-backend vllm` derives the same figure from parameter counts.
 
     The vision budget is RAM++ fp16 (1.5 GB) + BLIP-2 OPT-2.7b int8 (3.6 GB) + Grounding DINO (0.7 GB)
     + SAM ViT-L fp16 (0.7 GB) ≈ 6.5 GB, plus a margin for activations and the CUDA context. On a 12 GB
@@ -43,7 +44,7 @@ class MemoryPlan:
         return round(min(0.9, max(0.1, share)), 2)
 
 
-DEFAULT_PLAN = MemoryPlan()
+DEFAULT_SHARE = VllmShare()
 # Prompts are ~400 tokens with the COCO list and replies ≤ 200: a short context keeps the KV cache small.
 DEFAULT_MAX_MODEL_LEN = 2048
 
@@ -55,7 +56,7 @@ class ServeOptions:
     model: Path
     port: int = 8000
     host: str = "127.0.0.1"
-    gpu_memory_utilization: float = DEFAULT_PLAN.gpu_memory_utilization
+    gpu_memory_utilization: float = DEFAULT_SHARE.gpu_memory_utilization
     max_model_len: int = DEFAULT_MAX_MODEL_LEN
     quantization: str | None = None
     enforce_eager: bool = False

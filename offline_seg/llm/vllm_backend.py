@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from offline_seg.errors import InvalidInputError, MissingWeightsError, OfflineSegError
 from offline_seg.llm.base import ChatMessage, Choice, Constraint, LabelList, LLMStats, resolve_constraint
 from offline_seg.llm.constraints import constraint_regex
-from offline_seg.llm.serve import DEFAULT_MAX_MODEL_LEN, DEFAULT_PLAN, QUANTIZATIONS
+from offline_seg.llm.serve import DEFAULT_MAX_MODEL_LEN, DEFAULT_SHARE, QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -22,14 +22,14 @@ class VllmLLM:
     """Greedy chat completion with vLLM; constraints become `StructuredOutputsParams` (`choice` for one
     label, a bounded `regex` for a label list), so answers are valid by construction.
 
-    Defaults follow `serve.DEFAULT_PLAN`: about 0.41 of a 12 GB card, leaving the vision models room.
+    Defaults follow `serve.DEFAULT_SHARE`: about 0.41 of a 12 GB card, leaving the vision models room.
     """
 
     def __init__(
         self,
         model_path: Path,
         *,
-        gpu_memory_utilization: float = DEFAULT_PLAN.gpu_memory_utilization,
+        gpu_memory_utilization: float = DEFAULT_SHARE.gpu_memory_utilization,
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         quantization: str | None = None,
         dtype: str = "auto",
