@@ -212,14 +212,17 @@ def _key(path: Path, suffix: str) -> str:
     return path.stem[: len(path.stem) - len(suffix)] if suffix else path.stem
 
 
-def _ground_truth_files(gt_dir: Path, gt_suffix: str) -> dict[str, Path]:
-    """`key → path` for every `*<gt_suffix>.png` under gt_dir (recursive, so Cityscapes' city folders
-    work); two files with one key would make matching ambiguous, so that is an error."""
+def _files_by_key(directory: Path, suffix: str, what: str, skip: Path | None = None) -> dict[str, Path]:
+    """`key → path` for every `*<suffix>.png` under `directory` (recursive, so Cityscapes' city folders and
+    `run`'s nested outputs work; overlays and anything under `skip` are not label maps); two files with
+    one key would make matching ambiguous, so that is an error."""
     files: dict[str, Path] = {}
-    for path in sorted(gt_dir.rglob(f"*{gt_suffix}.png")):
-        key = _key(path, gt_suffix)
+    for path in sorted(directory.rglob(f"*{suffix}.png")):
+        if path.stem.endswith("_overlay") or (skip is not None and path.is_relative_to(skip)):
+            continue
+        key = _key(path, suffix)
         if key in files:
-            raise InvalidInputError(f"two ground-truth files for image {key!r}: {files[key]} and {path}")
+            raise InvalidInputError(f"two {what} files for image {key!r}: {files[key]} and {path}")
         files[key] = path
     return files
 
@@ -247,7 +250,8 @@ def evaluate(
     for directory, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not directory.is_dir():
             raise InvalidInputError(f"{what} directory not found: {directory}")
-    gt_files = _ground_truth_files(gt_dir, gt_suffix)
+    gt_files = _files_by_key(gt_dir, gt_suffix, "ground-truth")
+    pred_files = _files_by_key(pred_dir, pred_suffix, "prediction", skip=pred_dir / "eval")
     if not gt_files:
         raise InvalidInputError(f"no ground-truth files *{gt_suffix}.png under {gt_dir}")
 
@@ -256,7 +260,7 @@ def evaluate(
     scores: list[ImageScore] = []
     keys = list(gt_files)
     for key in progress(keys) if progress else keys:
-        gt_path, pred_path = gt_files[key], pred_dir / f"{key}{pred_suffix}.png"
+        gt_path, pred_path = gt_files[key], pred_files.get(key, pred_dir / f"{key}{pred_suffix}.png")
         try:
             gt = _to_classes(_read_label_map(gt_path, "ground truth"), table, classes.ignore_index)
         except InvalidInputError as error:
@@ -283,12 +287,7 @@ def evaluate(
         scores.append(ImageScore(key, gt_path, pred_path, status, image_matrix.miou(),
                                  image_matrix.pixel_accuracy(), error=error))
 
-    extra = sorted(
-        key
-        for key in (_key(p, pred_suffix) for p in pred_dir.glob(f"*{pred_suffix}.png")
-                    if not p.stem.endswith("_overlay"))
-        if key not in gt_files
-    )
+    extra = sorted(key for key in pred_files if key not in gt_files)
     if extra:
         logger.info("%d prediction(s) have no ground truth and were not scored: %s", len(extra), ", ".join(extra[:10]))
     return EvalReport(classes, total, scores, extra, pred_ids=pred_ids, skip_missing=skip_missing)

@@ -24,7 +24,6 @@ from offline_seg.evaluation import (
 )
 from offline_seg.outputs import class_map_image
 
-VOC_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini"
 V = 255  # void
 
 # Two 3x4 images over (background, cat, dog); dataset ids equal class indices here.
@@ -223,11 +222,10 @@ def test_cli_reports_bad_directories_without_traceback(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.skipif(not VOC_MINI.is_dir(), reason="../shared/data/voc-mini not present")
-def test_voc_mini_ground_truth_as_prediction_is_100(tmp_path):
-    labels = VOC_MINI / "SegmentationClass"
+def test_voc_mini_ground_truth_as_prediction_is_100(voc_mini, tmp_path):
+    labels = voc_mini / "SegmentationClass"
     result = CliRunner().invoke(main, ["eval", "--pred", str(labels), "--gt", str(labels), "--pred-ids",
-                                       "--preset", "voc", "--images", str(VOC_MINI / "JPEGImages"),
+                                       "--preset", "voc", "--images", str(voc_mini / "JPEGImages"),
                                        "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -235,3 +233,13 @@ def test_voc_mini_ground_truth_as_prediction_is_100(tmp_path):
     assert summary["missing"] == [] and summary["failed"] == {}
     report = evaluate(labels, labels, ClassList.preset("voc"), pred_ids=True)
     assert report.miou * 100 == 100.0 and report.pixel_accuracy == 1.0
+
+
+def test_nested_predictions_are_found_and_reports_are_not_read_as_predictions(tmp_path):
+    gt, pred = tmp_path / "gt" / "val" / "aachen", tmp_path / "pred" / "val" / "aachen"
+    ids = np.array([[0, 1], [1, 2]])
+    _save_gt(gt / "a_gtFine.png", ids)
+    _save_pred(pred / "a.png", ids)
+    _save_pred(tmp_path / "pred" / "eval" / "worst" / "01_a.png", ids)
+    report = evaluate(tmp_path / "pred", tmp_path / "gt", _classes(), gt_suffix="_gtFine")
+    assert report.ok and report.miou == 1.0 and report.extra == []
