@@ -18,6 +18,31 @@ if TYPE_CHECKING:
 
 IMAGE_SIZE = 128  # 8x8 patch grid: windowed blocks (window 4) differ in shape from the global one
 OFFICIAL_NAME = "sam_vit_t_tiny.pth"  # matches the loader's `sam_vit_*.pth` glob
+HIDDEN = 32
+
+
+def _vision_kwargs() -> dict:
+    """The tiny ViT shared by SAM and SAM-HQ."""
+    return dict(
+        hidden_size=HIDDEN,
+        output_channels=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=16,
+        mlp_dim=64,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=HIDDEN // 2,  # the official layout ties this to the prompt width
+    )
+
+
+def _prompt_kwargs() -> dict:
+    return dict(hidden_size=HIDDEN, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=8)
+
+
+def _decoder_kwargs() -> dict:
+    return dict(hidden_size=HIDDEN, mlp_dim=64, num_hidden_layers=2, num_attention_heads=8, iou_head_hidden_dim=HIDDEN)
 
 
 def build(seed: int = 0) -> SamModel:
@@ -25,26 +50,10 @@ def build(seed: int = 0) -> SamModel:
     import torch
     from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
-    hidden = 32
     config = SamConfig(
-        vision_config=SamVisionConfig(
-            hidden_size=hidden,
-            output_channels=hidden,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=16,
-            mlp_dim=64,
-            window_size=4,
-            global_attn_indexes=[1],
-            num_pos_feats=hidden // 2,  # the official layout ties this to the prompt width
-        ),
-        prompt_encoder_config=SamPromptEncoderConfig(
-            hidden_size=hidden, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=8
-        ),
-        mask_decoder_config=SamMaskDecoderConfig(
-            hidden_size=hidden, mlp_dim=64, num_hidden_layers=2, num_attention_heads=8, iou_head_hidden_dim=hidden
-        ),
+        vision_config=SamVisionConfig(**_vision_kwargs()),
+        prompt_encoder_config=SamPromptEncoderConfig(**_prompt_kwargs()),
+        mask_decoder_config=SamMaskDecoderConfig(**_decoder_kwargs()),
     )
     torch.manual_seed(seed)
     model = SamModel(config).eval()
@@ -90,31 +99,11 @@ def build_hq(seed: int = 0) -> SamHQModel:
         SamHQVisionConfig,
     )
 
-    hidden = 32
     config = SamHQConfig(
-        vision_config=SamHQVisionConfig(
-            hidden_size=hidden,
-            output_channels=hidden,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=16,
-            mlp_dim=64,
-            window_size=4,
-            global_attn_indexes=[1],
-            num_pos_feats=hidden // 2,
-        ),
-        prompt_encoder_config=SamHQPromptEncoderConfig(
-            hidden_size=hidden, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=8
-        ),
-        mask_decoder_config=SamHQMaskDecoderConfig(
-            hidden_size=hidden,
-            mlp_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=8,
-            iou_head_hidden_dim=hidden,
-            vit_dim=hidden,  # width of the ViT features the HQ path compresses
-        ),
+        vision_config=SamHQVisionConfig(**_vision_kwargs()),
+        prompt_encoder_config=SamHQPromptEncoderConfig(**_prompt_kwargs()),
+        # vit_dim: width of the ViT features the HQ path compresses
+        mask_decoder_config=SamHQMaskDecoderConfig(**_decoder_kwargs(), vit_dim=HIDDEN),
     )
     torch.manual_seed(seed)
     model = SamHQModel(config).eval()
@@ -133,7 +122,6 @@ def build_sam2(seed: int = 0) -> Sam2Model:
         Sam2VisionConfig,
     )
 
-    hidden = 32
     dims = [8, 16, 32, 64]
     backbone = Sam2HieraDetConfig(
         hidden_size=dims[0],
@@ -153,14 +141,10 @@ def build_sam2(seed: int = 0) -> Sam2Model:
             backbone_config=backbone,
             backbone_channel_list=dims[::-1],
             backbone_feature_sizes=grids,
-            fpn_hidden_size=hidden,
+            fpn_hidden_size=HIDDEN,
         ),
-        prompt_encoder_config=Sam2PromptEncoderConfig(
-            hidden_size=hidden, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=8
-        ),
-        mask_decoder_config=Sam2MaskDecoderConfig(
-            hidden_size=hidden, mlp_dim=64, num_hidden_layers=2, num_attention_heads=8, iou_head_hidden_dim=hidden
-        ),
+        prompt_encoder_config=Sam2PromptEncoderConfig(**_prompt_kwargs()),
+        mask_decoder_config=Sam2MaskDecoderConfig(**_decoder_kwargs()),
     )
     torch.manual_seed(seed)
     model = Sam2Model(config).eval()
@@ -173,22 +157,23 @@ def _processor():
     return default_processor(IMAGE_SIZE)
 
 
-def write(model_dir: Path, seed: int = 0) -> Path:
-    """Write config.json, model.safetensors and preprocessor_config.json under `model_dir`."""
+def _write_with_sam_processor(model: torch.nn.Module, model_dir: Path) -> Path:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    build(seed).save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
     _processor().image_processor.save_pretrained(model_dir)  # flat preprocessor_config.json
     return model_dir
 
 
+def write(model_dir: Path, seed: int = 0) -> Path:
+    """Write config.json, model.safetensors and preprocessor_config.json under `model_dir`."""
+    return _write_with_sam_processor(build(seed), model_dir)
+
+
 def write_hq(model_dir: Path, seed: int = 0) -> Path:
-    """Write the tiny SAM-HQ (config.json with model_type "sam_hq", model.safetensors, preprocessor_config.json)."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    build_hq(seed).save_pretrained(model_dir)
-    _processor().image_processor.save_pretrained(model_dir)  # SAM-HQ preprocesses exactly like SAM
-    return model_dir
+    """Write the tiny SAM-HQ (config.json with model_type "sam_hq", model.safetensors, preprocessor_config.json);
+    SAM-HQ preprocesses exactly like SAM."""
+    return _write_with_sam_processor(build_hq(seed), model_dir)
 
 
 def write_sam2(model_dir: Path, seed: int = 0) -> Path:
