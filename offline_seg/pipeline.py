@@ -195,6 +195,15 @@ class Pipeline:
         classes = self.config.classes
         return [label for label in ensure_names(labels, classes) if label != classes.background]
 
+    def fixed_labels(self, ground_truth: np.ndarray | None, labels: Sequence[str] | None = None) -> list[str] | None:
+        """The detector's labels when they do not come from recognition: the ground truth's (oracle modes)
+        or the user's (`labels`, else `config.labels`); None when recognition + pre-refinement decide."""
+        c = self.config
+        if c.oracle_labels or c.oracle_boxes:
+            return labels_from_ground_truth(ground_truth, c.classes)
+        given = labels if labels is not None else c.labels
+        return None if given is None else self.given_labels(given)
+
     def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections:
         return self.detector.detect(image, list(labels)) if labels else Detections.empty()
 
@@ -237,15 +246,11 @@ class Pipeline:
             ground_truth = self.ground_truth_for(image, name)
         replies: dict[str, object] = {}
         recognition: Recognition | None = None
+        prompt_labels = self.fixed_labels(ground_truth, labels)
         if c.oracle_boxes:
             detections = boxes_from_ground_truth(ground_truth, c.classes)
-            prompt_labels = labels_from_ground_truth(ground_truth, c.classes)
         else:
-            if c.oracle_labels:
-                prompt_labels = labels_from_ground_truth(ground_truth, c.classes)
-            elif labels is not None or c.labels is not None:
-                prompt_labels = self.given_labels(labels if labels is not None else c.labels)
-            else:
+            if prompt_labels is None:
                 recognition = self.recognize(image)
                 [(prompt_labels, reply)] = self.scene_labels([recognition])
                 if reply is not None:

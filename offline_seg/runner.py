@@ -21,7 +21,7 @@ from PIL import Image
 from offline_seg.composer import compose
 from offline_seg.errors import InvalidInputError
 from offline_seg.images import IMAGE_SUFFIXES, load_image
-from offline_seg.oracle import boxes_from_ground_truth, labels_from_ground_truth
+from offline_seg.oracle import boxes_from_ground_truth
 from offline_seg.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
 from offline_seg.store import ResultStore, settings_key
@@ -239,12 +239,9 @@ class BatchRunner:
 
     def _compute_labels(self, items: list[_Item]) -> list[Any]:
         c = self.pipeline.config
-        if c.oracle_labels:
-            return [_guard(lambda i=i: {"labels": labels_from_ground_truth(self._truth(i), c.classes), "reply": None})
-                    for i in items]
-        if c.labels is not None:
-            labels = self.pipeline.given_labels(c.labels)
-            return [{"labels": labels, "reply": None} for _ in items]
+        if c.oracle_labels or c.labels is not None:
+            return [_guard(lambda i=i: {"labels": self.pipeline.fixed_labels(self._truth(i) if c.oracle_labels else None),
+                                        "reply": None}) for i in items]
         recognitions = [_recognition(i.values) for i in items]
         return [{"labels": labels, "reply": reply} for labels, reply in self.pipeline.scene_labels(recognitions)]
 
@@ -286,8 +283,9 @@ class BatchRunner:
 
     # --- helpers --------------------------------------------------------------------------------
     def _truth(self, item: _Item) -> np.ndarray:
-        image = item.image if item.image is not None else load_image(item.path)
-        return self.pipeline.ground_truth_for(image, item.path.stem)
+        if item.image is None:  # kept: the next stages of the chunk need the pixels too
+            item.image = load_image(item.path)
+        return self.pipeline.ground_truth_for(item.image, item.path.stem)
 
     def result_of(self, values: dict[str, Any], image: Image.Image) -> SegmentationResult:
         """The `SegmentationResult` of one image, rebuilt from its stored stage values."""
