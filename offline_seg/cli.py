@@ -41,15 +41,13 @@ def _class_list(preset: str | None, classes: str | None) -> ClassList:
 
 
 def _collect_images(inputs: tuple[str, ...]) -> list[Path]:
-    from offline_seg.images import IMAGE_SUFFIXES
+    """Files as given (a bad one is reported per image later); a folder's own images, as `run` finds them."""
+    from offline_seg.runner import find_images
 
     images: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            images.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            images.append(path)
+        images.extend(find_images(path, recursive=False)[1] if path.is_dir() else [path])
     return images
 
 
