@@ -120,19 +120,21 @@ class BatchRunner:
 
         summary = RunSummary(images=len(images))
         root = Path(root) if root else None
+        stages = self._active_stages()
         bars = {
             stage: tqdm(total=len(images), desc=f"{stage:11}", unit="img", position=i, leave=True,
                         disable=not self.progress)
-            for i, stage in enumerate(self._active_stages())
+            for i, stage in enumerate(stages)
         }
         with ResultStore.in_dir(self.out_dir) as store:
             try:
                 for start in range(0, len(images), self.chunk_size):
                     chunk = self._open_chunk(store, images[start : start + self.chunk_size], root, summary)
-                    for stage in self._active_stages():
+                    for stage in stages:
                         self._run_stage(stage, chunk, store, summary)
                         bars[stage].update(len(chunk))
                         self._release_after(stage)
+                    self._finish(chunk, store, summary)
             finally:
                 for bar in bars.values():
                     bar.close()
@@ -189,7 +191,6 @@ class BatchRunner:
                 self._load(item, store, summary)
         todo = [item for item in todo if not item.failed]
         if not todo:
-            self._finish(stage, chunk, store, summary)
             return
         start = time.perf_counter()
         try:
@@ -207,11 +208,9 @@ class BatchRunner:
             store.put(item.image_hash, stage, key, value, seconds)
             summary.computed[stage] += 1
             summary.seconds[stage] += seconds
-        self._finish(stage, chunk, store, summary)
 
-    def _finish(self, stage: str, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
-        if stage != "write":
-            return
+    def _finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
+        """After the last stage: every image of the chunk that did not fail is done."""
         for item in chunk:
             if not item.failed:
                 store.set_status(item.image_hash, "done")
