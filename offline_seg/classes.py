@@ -168,6 +168,14 @@ class ClassList:
                 found.append((position, label))
         return [label for _, label in sorted(found)]
 
+    def class_indices(self, ids: np.ndarray) -> np.ndarray:
+        """Dataset ids → class indices; ids not in the list (void, or beyond the table as in 16-bit maps)
+        become `ignore_index`."""
+        table = self.lookup_table()
+        ids = np.asarray(ids)
+        inside = (ids >= 0) & (ids < len(table))
+        return np.where(inside, table[np.clip(ids, 0, len(table) - 1)], self.ignore_index)
+
     def lookup_table(self) -> np.ndarray:
         """uint8/int LUT from dataset id to class index (ignore_index elsewhere), for ground truth."""
         size = max(max(self.ids), self.ignore_index) + 1

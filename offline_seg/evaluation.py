@@ -3,7 +3,7 @@ and the files a person reads to judge a run (CSV/Markdown table, bar chart, wors
 
 Conventions (the standard VOC / mmseg ones, stated because results are compared across papers):
 
-* Ground truth holds dataset ids; it is mapped to class indices with `ClassList.lookup_table()`, so
+* Ground truth holds dataset ids; it is mapped to class indices with `ClassList.class_indices()`, so
   non-contiguous ids (Cityscapes labelIds, COCO category ids) work, and every id outside the class
   list (void 255, Cityscapes' non-train classes) is ignored.
 * Predictions hold class indices (our own `<stem>.png` format) unless `pred_ids=True`, in which case
@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
 from offline_seg.classes import ClassList, voc_palette
 from offline_seg.errors import InvalidInputError
+from offline_seg.images import read_label_map
 
 logger = logging.getLogger(__name__)
 
@@ -189,25 +190,6 @@ def _percent(value: float) -> float | None:
 
 
 # --- reading ------------------------------------------------------------------------------------
-def _read_label_map(path: Path, what: str) -> np.ndarray:
-    """A single-channel label PNG as an int array; RGB colour-coded maps are refused, not guessed."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
-                raise InvalidInputError(f"{what} {path.name} is a {image.mode} image; expected a single-channel "
-                                        "label map (palette, grey or 16-bit PNG)")
-            return np.asarray(image).astype(np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise InvalidInputError(f"cannot read {what} {path}: {error}") from error
-
-
-def _to_classes(ids: np.ndarray, table: np.ndarray, ignore_index: int) -> np.ndarray:
-    """Dataset ids → class indices; ids beyond the table (e.g. 16-bit maps) are ignored too."""
-    inside = (ids >= 0) & (ids < len(table))
-    return np.where(inside, table[np.clip(ids, 0, len(table) - 1)], ignore_index)
-
-
 def _key(path: Path, suffix: str) -> str:
     return path.stem[: len(path.stem) - len(suffix)] if suffix else path.stem
 
@@ -255,14 +237,13 @@ def evaluate(
     if not gt_files:
         raise InvalidInputError(f"no ground-truth files *{gt_suffix}.png under {gt_dir}")
 
-    table = classes.lookup_table()
     total = ConfusionMatrix(len(classes), classes.ignore_index)
     scores: list[ImageScore] = []
     keys = list(gt_files)
     for key in progress(keys) if progress else keys:
         gt_path, pred_path = gt_files[key], pred_files.get(key, pred_dir / f"{key}{pred_suffix}.png")
         try:
-            gt = _to_classes(_read_label_map(gt_path, "ground truth"), table, classes.ignore_index)
+            gt = classes.class_indices(read_label_map(gt_path, "ground truth"))
         except InvalidInputError as error:
             logger.warning("%s: %s (not scored)", key, error)
             scores.append(ImageScore(key, gt_path, pred_path, FAILED, scored=False, error=str(error)))
@@ -273,7 +254,7 @@ def evaluate(
             status, error = MISSING, f"no prediction {pred_path.name}"
         else:
             try:
-                image_matrix.update(gt, _load_prediction(pred_path, gt.shape, table, classes, pred_ids, resize))
+                image_matrix.update(gt, _load_prediction(pred_path, gt.shape, classes, pred_ids, resize))
             except InvalidInputError as problem:
                 status, error = FAILED, str(problem)
         if status != OK:
@@ -294,16 +275,16 @@ def evaluate(
 
 
 def _load_prediction(
-    path: Path, shape: tuple[int, ...], table: np.ndarray, classes: ClassList, pred_ids: bool, resize: bool
+    path: Path, shape: tuple[int, ...], classes: ClassList, pred_ids: bool, resize: bool
 ) -> np.ndarray:
-    pred = _read_label_map(path, "prediction")
+    pred = read_label_map(path, "prediction")
     if pred.shape != shape:
         if not resize:
             raise InvalidInputError(f"prediction is {pred.shape[1]}x{pred.shape[0]} but the ground truth "
                                     f"{shape[1]}x{shape[0]} (use resize to scale it with nearest neighbour)")
         pred = np.asarray(Image.fromarray(pred.astype(np.int32)).resize(
             (shape[1], shape[0]), Image.Resampling.NEAREST)).astype(np.int64)
-    return _to_classes(pred, table, classes.ignore_index) if pred_ids else pred
+    return classes.class_indices(pred) if pred_ids else pred
 
 
 # --- writers ------------------------------------------------------------------------------------
@@ -421,13 +402,11 @@ def worst_images(
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = report.classes.lookup_table()
-    ignore = report.classes.ignore_index
     font = ImageFont.load_default(size=14)
     written: list[Path] = []
     for rank, score in enumerate(ranked[:count], start=1):
-        gt = _to_classes(_read_label_map(score.gt_path, "ground truth"), table, ignore)
-        pred = _load_prediction(score.pred_path, gt.shape, table, report.classes, report.pred_ids, resize=True)
+        gt = report.classes.class_indices(read_label_map(score.gt_path, "ground truth"))
+        pred = _load_prediction(score.pred_path, gt.shape, report.classes, report.pred_ids, resize=True)
         panels = [("prediction", _coloured(pred)), ("ground truth", _coloured(gt))]
         image_path = _find_image(images_dir, f"{score.stem}{pred_suffix}") or _find_image(images_dir, score.stem)
         if image_path is not None:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from offline_seg.classes import ClassList
 from offline_seg.errors import InvalidInputError
+from offline_seg.images import read_label_map
 from offline_seg.types import Detections
 
 GT_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
@@ -48,15 +48,10 @@ class GroundTruth:
         `size` = the image's (width, height), checked so that an oracle never silently misaligns.
         """
         path = self.path_for(stem)
-        with Image.open(path) as handle:
-            if handle.mode not in ("P", "L", "I", "I;16"):
-                raise InvalidInputError(f"{path}: ground truth must be a single-channel id map, not {handle.mode}")
-            ids = np.asarray(handle, dtype=np.int64)
+        ids = read_label_map(path, "ground truth")
         if size is not None and (ids.shape[1], ids.shape[0]) != tuple(size):
             raise InvalidInputError(f"{path}: ground truth is {ids.shape[1]}x{ids.shape[0]}, image is {size[0]}x{size[1]}")
-        table = self.classes.lookup_table()
-        inside = (ids >= 0) & (ids < len(table))
-        return np.where(inside, table[np.clip(ids, 0, len(table) - 1)], self.classes.ignore_index)
+        return self.classes.class_indices(ids)
 
 
 def labels_from_ground_truth(class_map: np.ndarray, classes: ClassList) -> list[str]:
