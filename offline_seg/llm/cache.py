@@ -3,7 +3,6 @@ each repeat would otherwise cost an LLM call. One JSON file per (model, class li
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -11,21 +10,14 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from offline_seg.store import settings_key
+
 logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "offline_seg" / "phrases"
-
-
-def cache_key(*parts: str) -> str:
-    """A short stable digest of everything an answer depends on."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:20]
 
 
 class PhraseCache:
@@ -48,8 +40,8 @@ class PhraseCache:
     def open(cls, directory: Path, *, model: str, labels: Iterable[str], prompt: str, mode: str) -> PhraseCache:
         """The cache file for this model, class list, post-refinement prompt and decoding mode."""
         label_text = "\n".join(labels)
-        key = cache_key(model, label_text, prompt, mode)
-        meta = {"model": model, "labels": cache_key(label_text), "prompt": cache_key(prompt), "mode": mode}
+        key = settings_key(model, label_text, prompt, mode)
+        meta = {"model": model, "labels": settings_key(label_text), "prompt": settings_key(prompt), "mode": mode}
         return cls(Path(directory) / f"{key}.json", meta)
 
     def __contains__(self, phrase: str) -> bool:
