@@ -14,18 +14,18 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from offline_seg.captioner import Blip2Captioner, Captioner
+from offline_seg.stages.captioner import Blip2Captioner, Captioner
 from offline_seg.classes import ClassList, ensure_names
-from offline_seg.composer import compose
+from offline_seg.stages.composer import compose
 from offline_seg.errors import InvalidInputError
-from offline_seg.detector import Detector, GroundingDinoDetector
-from offline_seg.images import load_image
+from offline_seg.stages.detector import Detector, GroundingDinoDetector
+from offline_seg.io.images import load_image
 from offline_seg.llm.base import LLM, load_llm
 from offline_seg.llm.cache import default_cache_dir
-from offline_seg.refiner import PromptTemplates, Refiner, labels_without_llm
-from offline_seg.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
-from offline_seg.segmenter import Segmenter, load_segmenter
-from offline_seg.tagger import RamPlusTagger, Tagger
+from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
+from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
+from offline_seg.stages.segmenter import Segmenter, load_segmenter
+from offline_seg.stages.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
 from offline_seg.weights import DEFAULT_WEIGHTS_DIR, WeightsDir
 

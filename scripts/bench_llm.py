@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from offline_seg.classes import ClassList, parse_label_list, parse_single_label  # noqa: E402
 from offline_seg.llm import load_llm  # noqa: E402
-from offline_seg.refiner import Refiner  # noqa: E402
+from offline_seg.stages.refiner import Refiner  # noqa: E402
 from offline_seg.types import Recognition  # noqa: E402
 
 logger = logging.getLogger("bench_llm")

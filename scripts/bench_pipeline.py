@@ -28,10 +28,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from offline_seg.outputs import save_result  # noqa: E402
+from offline_seg.io.outputs import save_result  # noqa: E402
 from offline_seg.pipeline import Pipeline, PipelineConfig  # noqa: E402
-from offline_seg.runner import BatchRunner, find_images  # noqa: E402
-from offline_seg.store import STORE_NAME  # noqa: E402
+from offline_seg.engines.runner import BatchRunner, find_images  # noqa: E402
+from offline_seg.engines.store import STORE_NAME  # noqa: E402
 from offline_seg.tiny import make_tiny_weights  # noqa: E402
 
 

@@ -3,7 +3,7 @@
     python scripts/bench_points.py ../shared/data/voc-mini --segmenter onnx:weights/sam_onnx
 
 Reads a VOC-layout folder (JPEGImages/ + SegmentationClass/), prompts the segmenter with one box per
-connected component of each ground-truth class (`offline_seg.oracle`), and for every n_p prints the
+connected component of each ground-truth class (`offline_seg.evaluation.oracle`), and for every n_p prints the
 dataset-wide mIoU (confusion matrix, void excluded), the mean IoU per (image, class) and the seconds per
 image; writes a PNG plot next to it. Each image is encoded once per n_p run, as in the pipeline.
 """
@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.classes import ClassList
-from offline_seg.composer import compose
-from offline_seg.evaluation import ConfusionMatrix
-from offline_seg.images import IMAGE_SUFFIXES
-from offline_seg.oracle import GroundTruth, boxes_from_ground_truth
-from offline_seg.segmenter import load_segmenter
+from offline_seg.stages.composer import compose
+from offline_seg.evaluation.metrics import ConfusionMatrix
+from offline_seg.io.images import IMAGE_SUFFIXES
+from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth
+from offline_seg.stages.segmenter import load_segmenter
 from offline_seg.weights import WeightsDir
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offline_seg.captioner import Blip2Captioner, Captioner
+from offline_seg.stages.captioner import Blip2Captioner, Captioner
 from offline_seg.errors import MissingWeightsError
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from offline_seg.classes import ClassList
-from offline_seg.composer import compose
+from offline_seg.stages.composer import compose
 from offline_seg.types import InstanceMasks
 
 CLASSES = ClassList.parse("background, cat, dog, sofa")

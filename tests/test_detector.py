@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from offline_seg.detector import (
+from offline_seg.stages.detector import (
     Detector,
     GroundingDinoDetector,
     box_iou,

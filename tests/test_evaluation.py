@@ -1,4 +1,4 @@
-"""`offline_seg.evaluation` and `offline-seg eval`: exact numbers on tiny hand-computed fixtures."""
+"""`offline_seg.evaluation.metrics` and `offline-seg eval`: exact numbers on tiny hand-computed fixtures."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.cli import main
-from offline_seg.evaluation import (
+from offline_seg.evaluation.metrics import (
     ConfusionMatrix,
     evaluate,
     plot_per_class,
@@ -22,7 +22,7 @@ from offline_seg.evaluation import (
     write_csv,
     write_markdown,
 )
-from offline_seg.outputs import class_map_image
+from offline_seg.io.outputs import class_map_image
 
 V = 255  # void
 

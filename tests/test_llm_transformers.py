@@ -11,7 +11,7 @@ from offline_seg.errors import MissingWeightsError
 from offline_seg.llm import load_llm
 from offline_seg.llm.base import LabelList
 from offline_seg.llm.transformers_backend import TransformersLLM
-from offline_seg.refiner import Refiner
+from offline_seg.stages.refiner import Refiner
 from offline_seg.types import Recognition
 
 VOC = ClassList.preset("voc")

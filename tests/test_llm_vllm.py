@@ -14,7 +14,7 @@ import pytest
 from offline_seg.classes import ClassList
 from offline_seg.llm import load_llm
 from offline_seg.llm.serve import ServeOptions, ServerProcess, cpu_environment
-from offline_seg.refiner import Refiner
+from offline_seg.stages.refiner import Refiner
 from offline_seg.types import Recognition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ INPROCESS = textwrap.dedent('''
     import json, sys
     from offline_seg.classes import ClassList
     from offline_seg.llm import load_llm
-    from offline_seg.refiner import Refiner
+    from offline_seg.stages.refiner import Refiner
     from offline_seg.types import Recognition
 
     def main():

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.classes import ClassList
-from offline_seg.outputs import decode_rle, encode_rle, render_overlay, save_result
+from offline_seg.io.outputs import decode_rle, encode_rle, render_overlay, save_result
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 
 

@@ -15,7 +15,7 @@ from offline_seg.models.ram_plus import (
     load_ram_plus,
     save_ram_plus,
 )
-from offline_seg.tagger import RamPlusTagger, Tagger, split_tiles
+from offline_seg.stages.tagger import RamPlusTagger, Tagger, split_tiles
 from offline_seg.tiny import ram_plus as tiny_ram_plus
 
 

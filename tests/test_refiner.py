@@ -5,7 +5,7 @@ import pytest
 from offline_seg.classes import ClassList
 from offline_seg.errors import InvalidInputError
 from offline_seg.llm.base import LabelList
-from offline_seg.refiner import PromptTemplates, Refiner, labels_without_llm
+from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.types import Recognition
 
 VOC = ClassList.preset("voc")

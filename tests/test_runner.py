@@ -14,8 +14,8 @@ from PIL import Image
 
 from offline_seg.errors import InvalidInputError
 from offline_seg.pipeline import Pipeline, PipelineConfig
-from offline_seg.runner import BatchRunner, find_images
-from offline_seg.store import STORE_NAME, ResultStore
+from offline_seg.engines.runner import BatchRunner, find_images
+from offline_seg.engines.store import STORE_NAME, ResultStore
 
 
 def _images(directory, count, size=(64, 48)):
@@ -134,7 +134,7 @@ def test_kill_9_mid_run_then_resume_loses_and_repeats_nothing(tiny_weights, tmp_
 
 @pytest.mark.parametrize("row", ["no-points", "all-off"])
 def test_ablation_rows_apply_the_paper_switches(row):
-    from offline_seg.ablations import ablation_config
+    from offline_seg.evaluation.ablations import ablation_config
 
     config = ablation_config(PipelineConfig(), row)
     assert config.num_points == 0

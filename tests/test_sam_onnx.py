@@ -9,11 +9,11 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.cli import main
-from offline_seg.composer import compose
+from offline_seg.stages.composer import compose
 from offline_seg.errors import MissingWeightsError
 from offline_seg.models.sam_onnx import OnnxSam
-from offline_seg.oracle import GroundTruth, boxes_from_ground_truth
-from offline_seg.segmenter import OnnxSamSegmenter
+from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth
+from offline_seg.stages.segmenter import OnnxSamSegmenter
 
 VOC = ClassList.preset("voc")
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from offline_seg.errors import MissingWeightsError
 from offline_seg.models.sam_checkpoint import hf_to_official, infer_sam_config, load_sam_model, official_to_hf
-from offline_seg.segmenter import SamSegmenter, TwoPassSegmenter, normalise_jointly, top_n_points
+from offline_seg.stages.segmenter import SamSegmenter, TwoPassSegmenter, normalise_jointly, top_n_points
 from offline_seg.tiny import sam as tiny_sam
 from offline_seg.types import Detections
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from offline_seg.classes import ClassList, voc_palette
 from offline_seg.errors import InvalidInputError
-from offline_seg.images import read_label_map
+from offline_seg.io.images import read_label_map
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def _coloured(class_map: np.ndarray) -> Image.Image:
 
 
 def _find_image(images_dir: Path | None, stem: str) -> Path | None:
-    from offline_seg.images import IMAGE_SUFFIXES
+    from offline_seg.io.images import IMAGE_SUFFIXES
 
     if images_dir is None:
         return None
@@ -395,7 +395,7 @@ def worst_images(
     """Side-by-side panels (image if found | prediction | ground truth, VOC colours, void in the VOC
     void colour) of the `count` images with the lowest per-image mIoU, worst first, named
     `NN_<stem>.png`. Only images with a usable prediction are ranked; missing ones are listed already."""
-    from offline_seg.images import load_image
+    from offline_seg.io.images import load_image
 
     ranked = sorted((s for s in report.images if s.status == OK and not np.isnan(s.miou)), key=lambda s: s.miou)
     if count <= 0 or not ranked:

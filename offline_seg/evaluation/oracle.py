@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from offline_seg.classes import ClassList
 from offline_seg.errors import InvalidInputError
-from offline_seg.images import read_label_map
+from offline_seg.io.images import read_label_map
 from offline_seg.types import Detections
 
 GT_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")

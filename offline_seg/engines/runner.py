@@ -2,7 +2,7 @@
 
 Per chunk: tag all images, caption them, one batched pre-refinement, detect, one batched post-refinement,
 segment, compose and write. Each model is loaded once per run (the pipeline builds it lazily and keeps
-it). Every result goes into the output dir's SQLite store (`offline_seg.store`) the moment it exists, so
+it). Every result goes into the output dir's SQLite store (`offline_seg.engines.store`) the moment it exists, so
 a re-run after a crash, `kill -9` or a changed setting recomputes only what is missing.
 """
 
@@ -18,13 +18,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from offline_seg.composer import compose
+from offline_seg.stages.composer import compose
 from offline_seg.errors import InvalidInputError
-from offline_seg.images import IMAGE_SUFFIXES, load_image
-from offline_seg.oracle import boxes_from_ground_truth
-from offline_seg.outputs import decode_rle, encode_rle, save_result
+from offline_seg.io.images import IMAGE_SUFFIXES, load_image
+from offline_seg.evaluation.oracle import boxes_from_ground_truth
+from offline_seg.io.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
-from offline_seg.store import ResultStore, settings_key
+from offline_seg.engines.store import ResultStore, settings_key
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 from offline_seg.weights import sha256_file
 

@@ -1,0 +1,3 @@
+from offline_seg.cli import main
+
+main()

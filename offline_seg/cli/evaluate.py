@@ -1,0 +1,72 @@
+"""`eval`: score predictions against ground truth."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from offline_seg.classes import PRESETS
+from offline_seg.cli.common import _class_list, _setup_logging, main
+
+
+@main.command("eval")
+@click.option("--pred", "pred_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Predictions: <name>.png class-index maps (the output of `segment`).")
+@click.option("--gt", "gt_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Ground truth: <name>.png holding dataset ids (searched recursively).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Class list preset (default: voc).")
+@click.option("--classes", help='Custom class list: "background, a, b" or a text file ("id: name" lines).')
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Report directory (default: PRED/eval).")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="RGB images, to show next to the worst predictions.")
+@click.option("--pred-ids", is_flag=True, help="Predictions hold dataset ids like the ground truth, not class indices.")
+@click.option("--skip-missing", is_flag=True,
+              help="Leave missing/unusable predictions out of the score (default: score them as all-background).")
+@click.option("--resize-pred", is_flag=True, help="Scale predictions of another size to the ground truth (nearest).")
+@click.option("--gt-suffix", default="", help='Ground-truth name ending to strip, e.g. "_gtFine_labelIds".')
+@click.option("--pred-suffix", default="", help='Prediction name ending to strip, e.g. "_leftImg8bit".')
+@click.option("--worst", "num_worst", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Side-by-side panels for this many lowest-mIoU images.")
+@click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
+def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Path | None, images_dir: Path | None,
+                     pred_ids: bool, skip_missing: bool, resize_pred: bool, gt_suffix: str, pred_suffix: str,
+                     num_worst: int, verbose: int) -> None:
+    """mIoU of PRED against GT from one dataset-wide confusion matrix (ignore label excluded).
+
+    Writes per_class.csv, per_class.md, per_class.png, summary.json and worst/*.png. Exit code 1 when
+    any prediction was missing or unusable (they are listed by name; see --skip-missing).
+    """
+    _setup_logging(verbose)
+    from tqdm import tqdm
+
+    from offline_seg.evaluation import metrics as evaluation
+
+    class_list = _class_list(preset, classes)
+    report = evaluation.evaluate(
+        pred_dir, gt_dir, class_list, pred_ids=pred_ids, skip_missing=skip_missing, resize=resize_pred,
+        gt_suffix=gt_suffix, pred_suffix=pred_suffix,
+        progress=lambda keys: tqdm(keys, desc="eval", unit="img", disable=len(keys) < 2),
+    )
+    out_dir = out_dir or pred_dir / "eval"
+    evaluation.write_csv(report, out_dir / "per_class.csv")
+    evaluation.write_markdown(report, out_dir / "per_class.md")
+    evaluation.write_summary(report, out_dir / "summary.json")
+    evaluation.plot_per_class(report, out_dir / "per_class.png")
+    worst = evaluation.worst_images(report, out_dir / "worst", num_worst, images_dir, pred_suffix=pred_suffix)
+    click.echo(evaluation.format_table(report))
+    click.secho(evaluation.summary_line(report), bold=True)
+    click.echo(f"report: {out_dir} ({len(worst)} worst-image panels)")
+    policy = "excluded" if skip_missing else "scored as all-background"
+    for name in report.missing:
+        click.secho(f"missing prediction: {name} ({policy})", fg="red", err=True)
+    for name, reason in report.failed.items():
+        click.secho(f"failed: {name}: {reason}", fg="red", err=True)
+    if report.extra:
+        click.secho(f"{len(report.extra)} prediction(s) without ground truth, not scored", fg="yellow", err=True)
+    if not report.ok:
+        click.secho(f"{len(report.missing)} missing, {len(report.failed)} failed of {len(report.images)} images",
+                    fg="red", err=True)
+        sys.exit(1)
+

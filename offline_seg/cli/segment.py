@@ -1,0 +1,256 @@
+"""`segment`, `run` and `demo`: the chain on images, one by one or as a resumable batch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from offline_seg.classes import PRESETS
+from offline_seg.errors import InvalidInputError
+from offline_seg.cli.common import _class_list, _collect_images, _go_offline, _setup_logging, main
+
+
+def _segment_options(func):
+    options = [
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Class list preset (default: voc)."),
+        click.option("--classes", help='Custom class list: "background, a, b" or a text file (one per line).'),
+        click.option("--weights", "weights_dir", type=click.Path(path_type=Path), default=Path("weights"),
+                     show_default=True, help="Local weights directory."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+                     help="Output directory."),
+        click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda or cuda:1."),
+        click.option("--no-caption", is_flag=True, help="Ablation: tags only, no BLIP-2 caption."),
+        click.option("--no-pre-refine", is_flag=True, help="Ablation: tags go straight to the detector."),
+        click.option("--no-post-refine", is_flag=True, help="Ablation: detected phrases used as-is."),
+        click.option("--points", "num_points", type=click.IntRange(min=0), default=20, show_default=True,
+                     help="Positive points per box for SAM's second pass; 0 = box only."),
+        click.option("--labels", help='Given labels instead of recognition + pre-refinement, e.g. "cat, dog"; '
+                     '"gt": the classes in the ground truth (needs --gt).'),
+        click.option("--boxes", type=click.Choice(["detect", "gt"]), default="detect", show_default=True,
+                     help="gt: one box per connected component of each ground-truth class; no tagger, "
+                     "captioner, LLM or detector is loaded (isolates the segmenter)."),
+        click.option("--gt", "gt_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="Ground-truth label maps (dataset ids, matched by file stem) for --labels gt / --boxes gt."),
+        click.option("--segmenter", help="sam (WEIGHTS/sam), sam:PATH, onnx (WEIGHTS/sam_onnx) or onnx:DIR "
+                     "(SAM exported to ONNX, the CPU tier)."),
+        click.option("--llm", help="LLM backend, e.g. transformers:DIR (default: WEIGHTS/llm)."),
+        click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
+        click.option("--no-phrase-cache", is_flag=True,
+                     help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
+        click.option("--box-threshold", type=float, default=0.18, show_default=True),
+        click.option("--text-threshold", type=float, default=0.15, show_default=True),
+        click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Directory with pre_refine.txt / post_refine.txt replacing the paper's templates."),
+        click.option("-v", "--verbose", count=True, help="-v info, -vv debug (and model loading bars)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@_segment_options
+def segment(images: tuple[str, ...], **options) -> None:
+    """Segment IMAGES (files or folders) and write <name>.png, <name>_overlay.png and <name>.json."""
+    _go_offline()
+    _run_segment(_collect_images(images), **options)
+
+
+def _build_config(
+    *,
+    preset,
+    classes,
+    weights_dir,
+    device,
+    no_caption,
+    no_pre_refine,
+    no_post_refine,
+    num_points,
+    labels,
+    boxes,
+    gt_dir,
+    segmenter,
+    llm,
+    unconstrained,
+    no_phrase_cache,
+    box_threshold,
+    text_threshold,
+    prompts_dir,
+):
+    """The PipelineConfig the shared segment/run options describe."""
+    from offline_seg.pipeline import PipelineConfig
+
+    oracle_labels = labels is not None and labels.strip().lower() == "gt"
+    if (oracle_labels or boxes == "gt") and gt_dir is None:
+        raise click.UsageError("--labels gt and --boxes gt need --gt DIR (ground-truth label maps)")
+    return PipelineConfig(
+        classes=_class_list(preset, classes),
+        weights_dir=weights_dir,
+        device=device,
+        use_caption=not no_caption,
+        pre_refine=not no_pre_refine,
+        post_refine=not no_post_refine,
+        num_points=num_points,
+        labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels and not oracle_labels else None,
+        oracle_labels=oracle_labels,
+        oracle_boxes=boxes == "gt",
+        ground_truth_dir=gt_dir,
+        segmenter=segmenter,
+        llm=llm,
+        constrained=not unconstrained,
+        **({"phrase_cache_dir": None} if no_phrase_cache else {}),
+        box_threshold=box_threshold,
+        text_threshold=text_threshold,
+        prompts_dir=prompts_dir,
+    )
+
+
+def _run_segment(
+    images: list[Path | None],
+    *,
+    out_dir,
+    verbose,
+    demo_image=None,
+    **options,
+) -> None:
+    _setup_logging(verbose)
+    from tqdm import tqdm
+
+    from offline_seg.io.images import load_image
+    from offline_seg.io.outputs import save_result
+    from offline_seg.pipeline import Pipeline
+
+    config = _build_config(**options)
+    pipeline = Pipeline(config)
+    failures: list[tuple[str, str]] = []
+    for path in tqdm(images, desc="segment", unit="img", disable=len(images) < 2):
+        name = "demo" if path is None else path.stem
+        try:
+            image = demo_image if path is None else load_image(path)
+            result = pipeline.segment(image, name=name)
+        except InvalidInputError as error:  # a bad image: report it, keep going (missing weights stop the run)
+            failures.append((name, str(error)))
+            click.secho(f"skipped {name}: {error}", fg="yellow", err=True)
+            continue
+        paths = save_result(result, image, out_dir, name, settings=config.summary())
+        found = sorted({label for label in result.instances.labels})
+        click.echo(f"{name}: {len(result.instances)} masks ({', '.join(found) or 'none'}) -> {paths.mask}")
+    if failures:
+        click.secho(f"{len(failures)} of {len(images)} image(s) failed", fg="red", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@_segment_options
+@click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per chunk; each stage runs over a whole chunk before the next stage starts.")
+@click.option("--ablation", "ablations", multiple=True,
+              help="Table-3 row(s) to run, each into OUT/<row>: full, no-blip2, no-pre-refine, no-post-refine, "
+              "no-points, all-off, gt-labels, or all. With --gt, every row is scored and printed beside the paper.")
+@click.option("--no-recursive", is_flag=True, help="Only the folder's own images, not its sub-folders.")
+@click.option("--image-list", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
+@click.option("--gpu-mem", help="Follow the memory plan for a GPU of this size (e.g. 8GiB): models the plan "
+              "swaps are released after their stage in every chunk (see `offline-seg plan`).")
+def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
+        image_list: Path | None, gpu_mem: str | None, **options) -> None:
+    """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
+
+    Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
+    crash and only the missing work is done; change a setting and only the stages after it are redone.
+    Unreadable images are recorded as failed and the run goes on.
+    """
+    _go_offline()
+    _setup_logging(verbose)
+    from offline_seg.evaluation.ablations import ABLATIONS, ablation_config
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.engines.runner import BatchRunner, find_images
+
+    base = _build_config(**options)
+    root, images = find_images(source, recursive=not no_recursive, names=image_list)
+    if not images:
+        raise InvalidInputError(f"no images under {source}")
+    rows = list(ABLATIONS) if "all" in ablations else list(ablations)
+    for row in rows:
+        if row not in ABLATIONS:
+            raise click.BadParameter(f"unknown row {row!r}; rows: {', '.join(ABLATIONS)}, all", param_hint="--ablation")
+    if "gt-labels" in rows and base.ground_truth_dir is None:
+        raise click.UsageError("the gt-labels row needs --gt DIR")
+    runs = [(row, ablation_config(base, row), out_dir / row) for row in rows] or [(None, base, out_dir)]
+    click.echo(f"{len(images)} images under {root}")
+    any_failed = False
+    for row, config, row_out in runs:
+        if row:
+            click.secho(f"== {row} -> {row_out}", bold=True)
+        swapped: tuple[str, ...] = ()
+        if gpu_mem:
+            from offline_seg.plan import plan_for
+
+            plan = plan_for(config, gpu_mem)
+            swapped = plan.swapped_stages
+            click.echo(f"memory plan for {gpu_mem}: peak {plan.peak_bytes / 2**30:.2f} GiB "
+                       f"({'fits' if plan.fits else 'does NOT fit: ' + ', '.join(plan.suggestions)}); "
+                       f"resident: {', '.join(plan.resident_stages) or 'none'}; per chunk: {', '.join(swapped) or 'none'}")
+        runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped)
+        summary = runner.run(images, root=root)
+        click.echo(summary.table())
+        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}")
+        for name, reason in sorted(summary.failed.items()):
+            click.secho(f"failed: {name}: {reason}", fg="red", err=True)
+        any_failed |= bool(summary.failed)
+    if rows and base.ground_truth_dir is not None:
+        _print_ablation_table(runs, base)
+    if any_failed:
+        sys.exit(1)
+
+
+def _print_ablation_table(runs, base) -> None:
+    """Score each row's output against --gt and print it beside the paper's Table 3."""
+    from offline_seg.evaluation import metrics as evaluation
+    from offline_seg.evaluation.ablations import PAPER_MIOU, paper_row_name
+
+    paper = PAPER_MIOU.get(base.classes.name, {})
+    click.echo(f"\n| row | paper row | mIoU % (ours) | paper mIoU % ({base.classes.name}, GPT-4) |\n|---|---|---:|---:|")
+    for row, config, row_out in runs:
+        report = evaluation.evaluate(row_out, base.ground_truth_dir, config.classes)
+        theirs = f"{paper[row]:.2f}" if row in paper else "n/a"
+        click.echo(f"| {row} | {paper_row_name(row)} | {100 * report.miou:.2f} | {theirs} |")
+
+
+@main.command()
+@click.option("--weights", "weights_dir", type=click.Path(path_type=Path),
+              help="Weights directory; default: tiny random models written to OUT/tiny-weights.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-v", "--verbose", count=True)
+def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> None:
+    """Run the full chain on the bundled demo scene.
+
+    Without --weights it uses tiny randomly initialised models: the whole flow runs and writes every
+    output, but the tags, boxes and masks are meaningless.
+    """
+    _go_offline()
+    _setup_logging(verbose)
+    from offline_seg.demo import demo_image
+
+    if weights_dir is None:
+        from offline_seg.tiny import make_tiny_weights
+
+        weights_dir = out_dir / "tiny-weights"
+        if not (weights_dir / "weights.lock.json").is_file():
+            click.echo(f"writing tiny random models to {weights_dir} ...")
+            make_tiny_weights(weights_dir)
+        click.secho("note: tiny random weights -> the masks below are meaningless; they show the flow only.",
+                    fg="yellow")
+    _run_segment(
+        [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
+        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, boxes="detect",
+        gt_dir=None, segmenter=None, llm=None, no_phrase_cache=False,
+        unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
+        demo_image=demo_image(),
+    )
+

@@ -1,0 +1,1 @@
+"""Scoring runs: metrics against ground truth, oracle inputs from ground truth, the paper's ablation rows."""

@@ -1,0 +1,2 @@
+"""The stages of the chain, one module each, each behind a small protocol: tagger, captioner, refiner,
+detector, segmenter, composer."""
