@@ -127,6 +127,7 @@ class ClassList:
     ids: tuple[int, ...] = ()
     ignore_index: int = 255
     name: str = "custom"
+    void_ids: tuple[int, ...] = ()  # dataset ids meaning "not labelled" besides `ignore_index` (ADE20K's 0)
     _keys: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -161,11 +162,15 @@ class ClassList:
             raise InvalidInputError(f"class list file not found: {path}")
         names: list[str] = []
         ids: list[int] = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
             match = re.fullmatch(r"(\d+)\s*[:\t]\s*(.+)", line)
+            malformed = re.fullmatch(r"([^\s:,]+)\s*[:\t]\s*(.*)", line)
+            if not match and malformed:
+                raise InvalidInputError(f"{path}, line {number}: {malformed.group(1)!r} is not a dataset id "
+                                        "(write `id: name` with a whole number, or the name alone)")
             if match:
                 ids.append(int(match.group(1)))
                 names.append(match.group(2).strip())
@@ -173,6 +178,8 @@ class ClassList:
                 names.extend(part.strip() for part in line.split(",") if part.strip())
         if ids and len(ids) != len(names):
             raise InvalidInputError(f"{path}: give a dataset id on every line or on none")
+        if len(set(ids)) != len(ids):
+            raise InvalidInputError(f"{path}: a dataset id is given twice")
         return cls(tuple(names), tuple(ids), name=path.stem)
 
     @classmethod
@@ -223,6 +230,11 @@ class ClassList:
         inside = (ids >= 0) & (ids < len(table))
         return np.where(inside, table[np.clip(ids, 0, len(table) - 1)], self.ignore_index)
 
+    def unknown_ids(self, ids: np.ndarray) -> list[int]:
+        """Values in a ground-truth map that are neither a class's dataset id nor void: a wrong preset."""
+        known = {*self.ids, self.ignore_index, *self.void_ids}
+        return [int(v) for v in np.unique(np.asarray(ids)) if int(v) not in known]
+
     def lookup_table(self) -> np.ndarray:
         """uint8/int LUT from dataset id to class index (ignore_index elsewhere), for ground truth."""
         size = max(max(self.ids), self.ignore_index) + 1
@@ -238,7 +250,9 @@ def _voc() -> ClassList:
 
 
 def _cityscapes() -> ClassList:
-    return ClassList(ClassList.parse(CITYSCAPES).names, CITYSCAPES_IDS, name="cityscapes")
+    # labelIds 0..33: the ones not evaluated (ego vehicle, static, ...) are void, not a wrong preset
+    void = tuple(i for i in range(34) if i not in CITYSCAPES_IDS)
+    return ClassList(ClassList.parse(CITYSCAPES).names, CITYSCAPES_IDS, name="cityscapes", void_ids=void)
 
 
 def _coco81() -> ClassList:
@@ -246,7 +260,9 @@ def _coco81() -> ClassList:
 
 
 def _dram() -> ClassList:
-    return ClassList(ClassList.parse(DRAM).names, DRAM_IDS, name="dram")
+    # DRAM's maps use the VOC ids; the VOC classes DRAM does not evaluate are void
+    return ClassList(ClassList.parse(DRAM).names, DRAM_IDS, name="dram",
+                     void_ids=tuple(i for i in range(21) if i not in DRAM_IDS))
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -255,7 +271,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _ade20k() -> ClassList:
     names = _names(ADE20K_150)
-    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="ade20k")
+    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="ade20k", void_ids=(0,))
 
 
 def _coco_stuff() -> ClassList:
@@ -268,7 +284,8 @@ def _coco_stuff() -> ClassList:
 
 def _pascal_context() -> ClassList:
     names = _names(PASCAL_CONTEXT_59)
-    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="pascal-context")
+    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="pascal-context",
+                     void_ids=(0,))
 
 
 PRESETS = {"voc": _voc, "cityscapes": _cityscapes, "coco81": _coco81, "dram": _dram, "ade20k": _ade20k,

@@ -188,10 +188,13 @@ class BatchRunner:
         items = []
         for path, name in zip(paths, names):
             try:
+                if not path.is_file():  # a folder, FIFO (reading it would block) or symlink loop named *.jpg
+                    raise InvalidInputError("not a regular file" + (" (a symlink loop or a dangling link)"
+                                                                    if path.is_symlink() else ""))
                 image_hash = sha256_file(path)
-            except OSError as error:
+            except (OSError, InvalidInputError) as error:
                 store.add_image(name, str(path), None)
-                reason = f"cannot read {path}: {error.strerror or error}"
+                reason = f"cannot read image {path}: {getattr(error, 'strerror', None) or error}"
                 store.set_status(name, "failed", reason)
                 summary.failed[name] = reason
                 continue

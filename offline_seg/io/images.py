@@ -18,7 +18,8 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
         return source.convert("RGB")
     path = Path(source)
     if not path.is_file():
-        what = "a folder" if path.is_dir() else "not a regular file" if path.exists() else "not found"
+        what = ("a folder" if path.is_dir() else "not a regular file" if path.exists()
+                else "a symlink loop or a dangling link" if path.is_symlink() else "not found")
         raise InvalidInputError(f"cannot read image {path}: {what}")
     if path.stat().st_size == 0:
         raise InvalidInputError(f"cannot read image {path}: the file is empty (0 bytes)")
