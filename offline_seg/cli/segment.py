@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from offline_seg.classes import PRESETS
-from offline_seg.errors import InvalidInputError
+from offline_seg.errors import InvalidInputError, OfflineSegError
 from offline_seg.cli.common import _class_list, _collect_images, _go_offline, _setup_logging, main
 
 
@@ -119,23 +119,33 @@ def _run_segment(
     _setup_logging(verbose)
     from tqdm import tqdm
 
+    from offline_seg.engines.runner import failure_reason, output_names, with_oom_retry
     from offline_seg.io.images import load_image
     from offline_seg.io.outputs import save_result
     from offline_seg.pipeline import Pipeline
 
+    if not images:
+        raise InvalidInputError("no images given (an empty folder?)")
     config = _build_config(**options)
     pipeline = Pipeline(config)
     failures: list[tuple[str, str]] = []
-    for path in tqdm(images, desc="segment", unit="img", disable=len(images) < 2):
-        name = "demo" if path is None else path.stem
+    names = ["demo"] if images == [None] else output_names(images)
+    for path, name in tqdm(list(zip(images, names)), desc="segment", unit="img", disable=len(images) < 2):
         try:
             image = demo_image if path is None else load_image(path)
-            result = pipeline.segment(image, name=name)
-        except InvalidInputError as error:  # a bad image: report it, keep going (missing weights stop the run)
+            result = with_oom_retry(lambda: pipeline.segment(image, name=path.stem if path else name), config.device)
+            paths = save_result(result, image, out_dir / Path(name).parent, Path(name).name,
+                                settings=config.summary())
+        except InvalidInputError as error:  # a bad image: report it, keep going
             failures.append((name, str(error)))
             click.secho(f"skipped {name}: {error}", fg="yellow", err=True)
             continue
-        paths = save_result(result, image, out_dir, name, settings=config.summary())
+        except OfflineSegError:  # missing weights, an unreachable LLM server: stop, nothing would work
+            raise
+        except Exception as error:  # noqa: BLE001 - one image's failure, the others are still written
+            failures.append((name, failure_reason(error)))
+            click.secho(f"skipped {name}: {failure_reason(error)}", fg="yellow", err=True)
+            continue
         found = sorted({label for label in result.instances.labels})
         click.echo(f"{name}: {len(result.instances)} masks ({', '.join(found) or 'none'}) -> {paths.mask}")
     if failures:
@@ -154,10 +164,12 @@ def _run_segment(
 @click.option("--no-recursive", is_flag=True, help="Only the folder's own images, not its sub-folders.")
 @click.option("--image-list", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
+@click.option("--retry-failed", is_flag=True, help="Try again the images an earlier run recorded as failed "
+              "(by default they are skipped and listed again).")
 @click.option("--gpu-mem", help="Follow the memory plan for a GPU of this size (e.g. 8GiB): models the plan "
               "swaps are released after their stage in every chunk (see `offline-seg plan`).")
 def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
-        image_list: Path | None, gpu_mem: str | None, **options) -> None:
+        image_list: Path | None, gpu_mem: str | None, retry_failed: bool, **options) -> None:
     """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
 
     Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
@@ -195,10 +207,12 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
             click.echo(f"memory plan for {gpu_mem}: peak {plan.peak_bytes / 2**30:.2f} GiB "
                        f"({'fits' if plan.fits else 'does NOT fit: ' + ', '.join(plan.suggestions)}); "
                        f"resident: {', '.join(plan.resident_stages) or 'none'}; per chunk: {', '.join(swapped) or 'none'}")
-        runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped)
+        runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped,
+                             retry_failed=retry_failed)
         summary = runner.run(images, root=root)
         click.echo(summary.table())
-        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}")
+        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}"
+                   + (f" ({len(summary.failed)} failed)" if summary.failed else ""))
         for name, reason in sorted(summary.failed.items()):
             click.secho(f"failed: {name}: {reason}", fg="red", err=True)
         any_failed |= bool(summary.failed)

@@ -9,6 +9,7 @@ a re-run after a crash, `kill -9` or a changed setting recomputes only what is m
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,12 +20,13 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.stages.composer import compose
-from offline_seg.errors import InvalidInputError
+from offline_seg.engines.faults import fault_point
+from offline_seg.errors import InvalidInputError, OfflineSegError
 from offline_seg.io.images import IMAGE_SUFFIXES, load_image
 from offline_seg.evaluation.oracle import boxes_from_ground_truth
 from offline_seg.io.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
-from offline_seg.engines.store import ResultStore, settings_key
+from offline_seg.engines.store import OutputLock, ResultStore, settings_key
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 from offline_seg.weights import sha256_file
 
@@ -57,7 +59,7 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
     pattern = "**/*" if recursive else "*"
     images = sorted(
         p for p in source.glob(pattern)
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay") and _is_candidate(p)
     )
     if names is not None:
         wanted = [line.strip() for line in Path(names).read_text().splitlines() if line.strip()]
@@ -70,13 +72,48 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
     return source, images
 
 
+def _is_candidate(path: Path) -> bool:
+    """A file to try: a regular file, or a name that looks like one but cannot be opened as one (a
+    symlink loop, a folder or FIFO named `x.jpg`): those are listed so the run reports them as failed."""
+    try:
+        return path.is_file() or path.is_symlink() or not path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+    except OSError:  # e.g. a symlink loop: ELOOP
+        return True
+
+
+def output_names(paths: Sequence[Path], root: Path | None = None) -> list[str]:
+    """One distinct output name per input file: the path relative to `root` (or the file stem) without
+    its suffix; where two files would share a name (`a/x.jpg b/x.jpg`, `x.jpg x.png`) the name keeps
+    more of the path and, if still needed, the suffix, so no file's outputs overwrite another's."""
+    def name_of(path: Path, level: int) -> str:
+        if level == 0:
+            return str(path.relative_to(root).with_suffix("")) if root else path.stem
+        if level == 1:
+            parts = Path(os.path.abspath(path)).with_suffix("").parts
+            return "/".join(parts[-2:]) if root is None else str(path.relative_to(root).with_suffix(""))
+        return name_of(path, 1) + "_" + path.suffix.lstrip(".").lower()
+
+    names = [name_of(p, 0) for p in paths]
+    for level in (1, 2):
+        counts = Counter(names)
+        names = [name_of(p, level) if counts[n] > 1 else n for p, n in zip(paths, names)]
+    counts = Counter(names)
+    seen: Counter = Counter()
+    unique = []
+    for name in names:  # the same file given twice: number the repeats
+        seen[name] += 1
+        unique.append(name if counts[name] == 1 or seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
+
+
 @dataclass
 class RunSummary:
     """What a run did: per stage how many results were computed or reused, and the time spent."""
 
-    images: int = 0
-    done: int = 0
-    failed: dict[str, str] = field(default_factory=dict)  # image name -> reason
+    images: int = 0  # input files
+    done: int = 0  # input files whose outputs exist
+    failed: dict[str, str] = field(default_factory=dict)  # output name -> reason
+    skipped: int = 0  # failures of an earlier run, not retried (see `retry_failed`)
     computed: Counter = field(default_factory=Counter)
     reused: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)
@@ -95,7 +132,7 @@ class _Item:
 
     path: Path
     name: str  # output name: the path relative to the image root, without suffix
-    image_hash: str
+    image_hash: str | None
     image: Image.Image | None = None
     failed: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
@@ -105,10 +142,13 @@ class BatchRunner:
     """Runs a `Pipeline` over many images, chunk by chunk and stage by stage, resumable."""
 
     def __init__(self, pipeline: Pipeline, out_dir: Path, chunk_size: int = 16, progress: bool = True,
-                 swapped: Sequence[str] = ()):
+                 swapped: Sequence[str] = (), retry_failed: bool = False):
         """`swapped`: models (tagger, captioner, llm, detector, segmenter) to release after their stage in
-        every chunk, as a memory plan (`offline_seg.plan`) decides for a small GPU; the rest stay loaded."""
+        every chunk, as a memory plan (`offline_seg.plan`) decides for a small GPU; the rest stay loaded.
+        `retry_failed`: try again the files an earlier run recorded as failed (by default they are
+        skipped and reported again; a file whose bytes changed is always tried again)."""
         self.pipeline = pipeline
+        self.retry_failed = retry_failed
         self.out_dir = Path(out_dir)
         self.chunk_size = max(1, int(chunk_size))
         self.progress = progress
@@ -126,10 +166,12 @@ class BatchRunner:
                         disable=not self.progress)
             for i, stage in enumerate(stages)
         }
-        with ResultStore.in_dir(self.out_dir) as store:
+        names = output_names(images, root)
+        with OutputLock(self.out_dir), ResultStore.in_dir(self.out_dir) as store:
             try:
                 for start in range(0, len(images), self.chunk_size):
-                    chunk = self._open_chunk(store, images[start : start + self.chunk_size], root, summary)
+                    chunk = self._open_chunk(store, images[start : start + self.chunk_size],
+                                             names[start : start + self.chunk_size], summary)
                     for stage in stages:
                         self._run_stage(stage, chunk, store, summary)
                         bars[stage].update(len(chunk))
@@ -141,17 +183,26 @@ class BatchRunner:
         return summary
 
     # --- chunk set-up ---------------------------------------------------------------------------
-    def _open_chunk(self, store: ResultStore, paths: Sequence[Path], root: Path | None, summary: RunSummary) -> list[_Item]:
+    def _open_chunk(self, store: ResultStore, paths: Sequence[Path], names: Sequence[str],
+                    summary: RunSummary) -> list[_Item]:
         items = []
-        for path in paths:
-            name = str(path.relative_to(root).with_suffix("")) if root else path.stem
+        for path, name in zip(paths, names):
             try:
+                if not path.is_file():  # a folder, FIFO (reading it would block) or symlink loop named *.jpg
+                    raise InvalidInputError("not a regular file" + (" (a symlink loop or a dangling link)"
+                                                                    if path.is_symlink() else ""))
                 image_hash = sha256_file(path)
-            except OSError as error:
-                store.record_unreadable(str(path), str(error))
-                summary.failed[name] = str(error)
+            except (OSError, InvalidInputError) as error:
+                store.add_image(name, str(path), None)
+                reason = f"cannot read image {path}: {getattr(error, 'strerror', None) or error}"
+                store.set_status(name, "failed", reason)
+                summary.failed[name] = reason
                 continue
-            store.add_image(image_hash, name, str(path))
+            record = store.add_image(name, str(path), image_hash)
+            if record.status == "failed" and not self.retry_failed:
+                summary.failed[name] = f"{record.reason} (an earlier run; --retry-failed to try again)"
+                summary.skipped += 1
+                continue
             items.append(_Item(path, name, image_hash))
         return items
 
@@ -178,42 +229,80 @@ class BatchRunner:
         for item in chunk:
             if item.failed:
                 continue
-            cached = store.get(item.image_hash, stage, key)
-            if stage == "write" and cached is not None and not Path(cached["record"]).is_file():
-                cached = None  # the outputs were deleted since: write them again from the stored stages
+            if stage == "write":  # one record per input file, never shared between identical files
+                cached = store.get_write(item.name, key)
+                if cached is not None and not all(Path(cached[k]).is_file() for k in ("mask", "overlay", "record")):
+                    cached = None  # the outputs were deleted since: write them again from the stored stages
+            else:
+                cached = store.get(item.image_hash, stage, key)
             if cached is None:
                 todo.append(item)
             else:
                 item.values[stage] = cached
                 summary.reused[stage] += 1
+        # Identical files in the chunk: compute once (the first of them), share the result.
+        first: dict[str, _Item] = {}
+        copies: list[_Item] = []
+        for item in todo:
+            if stage != "write" and item.image_hash in first:
+                copies.append(item)
+            else:
+                first.setdefault(item.image_hash if stage != "write" else item.name, item)
+        todo = list(first.values())
         for item in todo:  # images are opened only when some stage needs their pixels
             if item.image is None and stage not in ("labels", "post_refine"):
                 self._load(item, store, summary)
         todo = [item for item in todo if not item.failed]
-        if not todo:
-            return
-        start = time.perf_counter()
+        if todo:
+            start = time.perf_counter()
+            results = self._compute(stage, todo)
+            seconds = (time.perf_counter() - start) / len(todo)
+            for item, value in zip(todo, results):
+                if isinstance(value, _Failure):
+                    self._fail(item, store, summary, f"{stage}: {value.reason}")
+                    continue
+                item.values[stage] = value
+                if stage == "write":
+                    store.put_write(item.name, key, value)
+                else:
+                    store.put(item.image_hash, stage, key, value, seconds)
+                summary.computed[stage] += 1
+                summary.seconds[stage] += seconds
+                fault_point("after", stage, summary.computed[stage])
+        for item in copies:
+            original = next(i for i in todo + chunk if i.image_hash == item.image_hash and i is not item
+                            and (stage in i.values or i.failed))
+            if original.failed:
+                self._fail(item, store, summary, original.failed)
+            else:
+                item.values[stage] = original.values[stage]
+                summary.reused[stage] += 1
+
+    def _compute(self, stage: str, items: list[_Item]) -> list[Any]:
+        """One stage over some images. An error of one image is that image's failure: a batch that raises
+        is split and run image by image; CUDA out-of-memory frees the cache and tries once more. Errors that
+        no image can cure (missing weights, an LLM server that is down) stop the run."""
+        compute = getattr(self, f"_compute_{stage}")
         try:
-            results = getattr(self, f"_compute_{stage}")(todo)
-        except InvalidInputError as error:  # e.g. a missing ground truth: fail those images, go on
-            for item in todo:
-                self._fail(item, store, summary, f"{stage}: {error}")
-            return
-        seconds = (time.perf_counter() - start) / len(todo)
-        for item, value in zip(todo, results):
-            if isinstance(value, _Failure):
-                self._fail(item, store, summary, f"{stage}: {value.reason}")
-                continue
-            item.values[stage] = value
-            store.put(item.image_hash, stage, key, value, seconds)
-            summary.computed[stage] += 1
-            summary.seconds[stage] += seconds
+            return with_oom_retry(lambda: compute(items), self.pipeline.config.device)
+        except InvalidInputError as error:
+            if len(items) == 1:
+                return [_Failure(failure_reason(error))]
+            logger.info("%s failed on a batch of %d (%s); running them one by one", stage, len(items), error)
+        except OfflineSegError:  # missing weights, an unreachable LLM server: the same for every image
+            raise
+        except Exception as error:  # noqa: BLE001 - one image's failure must not stop the batch
+            if len(items) == 1:
+                logger.debug("%s failed on %s", stage, items[0].name, exc_info=True)
+                return [_Failure(failure_reason(error))]
+            logger.info("%s failed on a batch of %d (%s); running them one by one", stage, len(items), error)
+        return [self._compute(stage, [item])[0] for item in items]
 
     def _finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
         """After the last stage: every image of the chunk that did not fail is done."""
         for item in chunk:
-            if not item.failed:
-                store.set_status(item.image_hash, "done")
+            if not item.failed and "write" in item.values:
+                store.set_status(item.name, "done")
                 summary.done += 1
             item.image = None  # the chunk's pixels can go
 
@@ -222,10 +311,12 @@ class BatchRunner:
             item.image = load_image(item.path)
         except InvalidInputError as error:
             self._fail(item, store, summary, str(error))
+        except Exception as error:  # noqa: BLE001 - whatever a decoder raises fails this file only
+            self._fail(item, store, summary, f"cannot read image {item.path}: {failure_reason(error)}")
 
     def _fail(self, item: _Item, store: ResultStore, summary: RunSummary, reason: str) -> None:
         item.failed = reason
-        store.set_status(item.image_hash, "failed", reason)
+        store.set_status(item.name, "failed", reason)
         summary.failed[item.name] = reason
         logger.warning("%s failed: %s", item.name, reason)
 
@@ -345,6 +436,29 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
 @dataclass
 class _Failure:
     reason: str
+
+
+def failure_reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if not isinstance(error, InvalidInputError) else text
+
+
+def with_oom_retry(compute: Callable[[], Any], device: str) -> Any:
+    """Run `compute`; on CUDA out-of-memory empty the allocator's cache and run it once more."""
+    try:
+        return compute()
+    except Exception as error:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(error, torch.cuda.OutOfMemoryError):
+            raise
+        logger.warning("CUDA out of memory (%s); emptying the cache and trying once more", error)
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        return compute()
 
 
 def _guard(compute: Callable[[], Any]) -> Any:
