@@ -88,13 +88,22 @@ class WeightsDir:
         except KeyError:
             raise InvalidInputError(f"unknown model {key!r}; the manifest has {', '.join(self.manifest)}") from None
 
+    def missing_in(self, key: str, directory: Path | None = None) -> tuple[str, ...]:
+        """The manifest's required files of `key` absent from `directory` (default: its place in this dir);
+        () when they, or a complete `alternative` set, are there."""
+        entry = self.entry(key)
+        directory = self.root / key if directory is None else Path(directory)
+        if not directory.is_dir():
+            return entry.required
+        missing = tuple(p for p in entry.required if not _matches(directory, p))
+        if missing and entry.alternative and all(_matches(directory, p) for p in entry.alternative):
+            return ()
+        return missing
+
     def status(self, key: str) -> ComponentStatus:
         entry = self.entry(key)
         directory = self.root / key
-        missing = tuple(p for p in entry.required if not _matches(directory, p)) if directory.is_dir() else entry.required
-        if missing and entry.alternative and directory.is_dir():
-            if all(_matches(directory, p) for p in entry.alternative):
-                missing = ()
+        missing = self.missing_in(key)
         size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else 0
         return ComponentStatus(entry, directory, not missing, missing, size)
 
