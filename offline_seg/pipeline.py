@@ -90,13 +90,16 @@ class Pipeline:
         llm: LLM | None = None,
         detector: Detector | None = None,
         segmenter: Segmenter | None = None,
+        chain: ChainSpec | None = None,
     ) -> None:
+        """`chain`: the models' descriptions to load from, e.g. as a memory plan filled them in
+        (`offline_seg.plan.fit_chain`); default: the config's, fitted to `config.gpu_mem` when given."""
         self.config = config or PipelineConfig()
         self.weights = WeightsDir(self.config.weights_dir)
         # One description per model: the loaders below, the batch runner and the memory plan all read it.
-        self.chain: ChainSpec = chain_spec(self.config)
+        self.chain: ChainSpec = chain or chain_spec(self.config)
         self.memory_plan = None
-        if self.config.gpu_mem:
+        if self.config.gpu_mem and chain is None:
             from offline_seg.plan import fit_chain
 
             self.chain, self.memory_plan = fit_chain(self.chain, self.config.gpu_mem)

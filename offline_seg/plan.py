@@ -296,6 +296,23 @@ def count_params(model: Any) -> ParamCounts:
     )
 
 
+def loaded_weight_bytes(model: Any) -> int:
+    """Bytes a loaded model's weights take, each shared parameter once: its storage, plus what
+    bitsandbytes keeps beside a quantized weight (int4 block absmax, int8 row scales). The figure the
+    plan's `ParamCounts.weight_bytes` predicts; the footprint tests and scripts/bench_gpu.py compare them."""
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel() * param.element_size()
+        state = getattr(param, "quant_state", None)
+        extras = [getattr(state, "absmax", None), getattr(param, "SCB", None)]
+        total += sum(t.numel() * t.element_size() for t in extras if t is not None)
+    return total
+
+
 @dataclass(frozen=True)
 class StageProfile:
     """What one stage needs, independent of the card: parameters and dtype-free allowances."""
@@ -729,6 +746,6 @@ def format_cards(profiles: Sequence[StageProfile], options: PlanOptions,
 
 __all__ = [
     "CARDS_GIB", "MemoryPlan", "ParamCounts", "PlanError", "PlanOptions", "apply_plan", "fit_chain", "plan_chain", "StagePlan", "StageProfile", "StageSpec",
-    "count_params", "format_cards", "format_plan", "make_plan", "parse_size", "plan_for", "profile",
+    "count_params", "format_cards", "loaded_weight_bytes", "format_plan", "make_plan", "parse_size", "plan_for", "profile",
     "profile_all", "stage_specs",
 ]

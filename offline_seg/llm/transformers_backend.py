@@ -91,6 +91,12 @@ class TransformersLLM:
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer, self._model = tokenizer, model
 
+    @property
+    def model(self):
+        """The loaded torch model (loads it on first use)."""
+        self._load()
+        return self._model
+
     def _end_of_turn_id(self) -> int:
         return self._end_ids()[0]
 

@@ -64,6 +64,12 @@ class Blip2Captioner:
         """One caption for one image."""
         return self.caption_batch([image])[0]
 
+    @property
+    def model(self):
+        """The loaded torch model (loads it on first use)."""
+        self._load()
+        return self._model
+
     def caption_batch(self, images: Sequence[Image.Image]) -> list[str]:
         """Captions for several images, `batch_size` at a time."""
         captions: list[str] = []

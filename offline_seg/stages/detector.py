@@ -129,6 +129,12 @@ class GroundingDinoDetector:
             device=self.device, dtype=self.dtype,
         )
 
+    @property
+    def model(self):
+        """The loaded torch model (loads it on first use)."""
+        self._load()
+        return self._model
+
     def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections:
         """Detect the labels in one image; boxes are pixel xyxy clipped to the image."""
         import torch
