@@ -25,6 +25,7 @@ from offline_seg.llm.cache import default_cache_dir
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
 from offline_seg.stages.segmenter import Segmenter, load_segmenter
+from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, parse_spec
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
 from offline_seg.weights import DEFAULT_WEIGHTS_DIR, WeightsDir
@@ -49,6 +50,8 @@ class PipelineConfig:
     nms_iou: float = 0.8
     llm: str | None = None  # backend spec, e.g. "transformers:DIR"; default: <weights>/llm
     segmenter: str | None = None  # "sam" (default, <weights>/sam), "sam:PATH", "onnx" (<weights>/sam_onnx), "onnx:DIR"
+    gpu_mem: str | None = None  # plan for a GPU of this size: it picks each model's precision and residency
+    captioner_quant: str | None = None  # BLIP-2 none/int8/int4 (bitsandbytes); None: the plan's choice
     oracle_labels: bool = False  # labels from the ground truth ("ground-truth labels" row)
     oracle_boxes: bool = False  # boxes from the ground truth's connected components (isolates the segmenter)
     ground_truth_dir: Path | None = None  # label maps matched by image file stem, in dataset ids
@@ -87,9 +90,19 @@ class Pipeline:
         llm: LLM | None = None,
         detector: Detector | None = None,
         segmenter: Segmenter | None = None,
+        chain: ChainSpec | None = None,
     ) -> None:
+        """`chain`: the models' descriptions to load from, e.g. as a memory plan filled them in
+        (`offline_seg.plan.fit_chain`); default: the config's, fitted to `config.gpu_mem` when given."""
         self.config = config or PipelineConfig()
         self.weights = WeightsDir(self.config.weights_dir)
+        # One description per model: the loaders below, the batch runner and the memory plan all read it.
+        self.chain: ChainSpec = chain or chain_spec(self.config)
+        self.memory_plan = None
+        if self.config.gpu_mem and chain is None:
+            from offline_seg.plan import fit_chain
+
+            self.chain, self.memory_plan = fit_chain(self.chain, self.config.gpu_mem)
         self._tagger = tagger
         self._captioner = captioner
         self._llm = llm
@@ -99,45 +112,58 @@ class Pipeline:
         self._injected = {name for name, stage in (("tagger", tagger), ("captioner", captioner), ("llm", llm),
                                                     ("detector", detector), ("segmenter", segmenter)) if stage is not None}
 
-    # --- stages, built on first use -------------------------------------------------------------
+    # --- stages, built on first use, exactly as their descriptions say ---------------------------
+    def model_spec(self, stage: str) -> ModelSpec:
+        """The description a stage's model is loaded from (a stage the chain does not run: its default)."""
+        c = self.config
+        return self.chain.model(stage) or parse_spec({"llm": c.llm, "segmenter": c.segmenter}.get(stage), stage,
+                                                     c.weights_dir, c.device)
+
+    def preflight(self) -> None:
+        """Stop before any image if a file of a configured (not injected) model is missing; names them all."""
+        self.chain.preflight(self.config.weights_dir, skip=self._injected)
+
     @property
     def tagger(self) -> Tagger:
         if self._tagger is None:
-            self._tagger = RamPlusTagger(self.weights.path("ram_plus"), device=self.config.device)
+            spec = self.model_spec("tagger")
+            self._tagger = RamPlusTagger(spec.path, device=spec.device, dtype=spec.torch_dtype())
         return self._tagger
 
     @property
     def captioner(self) -> Captioner:
         if self._captioner is None:
-            self._captioner = Blip2Captioner(self.weights.path("blip2"), device=self.config.device)
+            spec = self.model_spec("captioner")
+            self._captioner = Blip2Captioner(spec.path, device=spec.device, dtype=spec.torch_dtype(),
+                                             quantization=spec.quantization)
         return self._captioner
 
     @property
     def detector(self) -> Detector:
         if self._detector is None:
             c = self.config
+            spec = self.model_spec("detector")
             self._detector = GroundingDinoDetector(
-                self.weights.path("grounding_dino"),
+                spec.path,
                 box_threshold=c.box_threshold,
                 text_threshold=c.text_threshold,
                 nms_iou=c.nms_iou,
-                device=c.device,
+                device=spec.device,
+                dtype=spec.torch_dtype(),
             )
         return self._detector
 
     @property
     def segmenter(self) -> Segmenter:
         if self._segmenter is None:
-            c = self.config
-            self._segmenter = load_segmenter(c.segmenter, self.weights, num_points=c.num_points, device=c.device)
+            self._segmenter = load_segmenter(self.model_spec("segmenter"), num_points=self.config.num_points)
         return self._segmenter
 
     @property
     def refiner(self) -> Refiner:
         if self._refiner is None:
             if self._llm is None:
-                spec = self.config.llm or str(self.weights.path("llm"))
-                self._llm = load_llm(spec, device=self.config.device)
+                self._llm = load_llm(self.model_spec("llm"))
             c = self.config
             templates = PromptTemplates.load(c.prompts_dir)
             cache = None
@@ -199,7 +225,7 @@ class Pipeline:
         """The detector's labels when they do not come from recognition: the ground truth's (oracle modes)
         or the user's (`labels`, else `config.labels`); None when recognition + pre-refinement decide."""
         c = self.config
-        if c.oracle_labels or c.oracle_boxes:
+        if self.chain.labels_from == "gt":
             return labels_from_ground_truth(ground_truth, c.classes)
         given = labels if labels is not None else c.labels
         return None if given is None else self.given_labels(given)
@@ -247,7 +273,7 @@ class Pipeline:
         replies: dict[str, object] = {}
         recognition: Recognition | None = None
         prompt_labels = self.fixed_labels(ground_truth, labels)
-        if c.oracle_boxes:
+        if self.chain.boxes_from == "gt":
             detections = boxes_from_ground_truth(ground_truth, c.classes)
         else:
             if prompt_labels is None:

@@ -36,6 +36,11 @@ def _segment_options(func):
         click.option("--segmenter", help="sam (WEIGHTS/sam), sam:PATH, onnx (WEIGHTS/sam_onnx) or onnx:DIR "
                      "(SAM exported to ONNX, the CPU tier)."),
         click.option("--llm", help="LLM backend, e.g. transformers:DIR (default: WEIGHTS/llm)."),
+        click.option("--gpu-mem", help="Plan for a GPU of this size (e.g. 8GiB, needs --device cuda): the plan "
+                     "picks each model's precision and which models load per chunk, and the loaders follow it; "
+                     "a chain that cannot fit stops before the first image (see `offline-seg plan`)."),
+        click.option("--captioner-quant", type=click.Choice(["none", "int8", "int4"]),
+                     help="BLIP-2 weights: none (16-bit) or bitsandbytes int8/int4 (default: the plan's choice)."),
         click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
         click.option("--no-phrase-cache", is_flag=True,
                      help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
@@ -74,6 +79,8 @@ def _build_config(
     gt_dir,
     segmenter,
     llm,
+    gpu_mem,
+    captioner_quant,
     unconstrained,
     no_phrase_cache,
     box_threshold,
@@ -100,6 +107,8 @@ def _build_config(
         ground_truth_dir=gt_dir,
         segmenter=segmenter,
         llm=llm,
+        gpu_mem=gpu_mem,
+        captioner_quant=captioner_quant,
         constrained=not unconstrained,
         **({"phrase_cache_dir": None} if no_phrase_cache else {}),
         box_threshold=box_threshold,
@@ -128,6 +137,8 @@ def _run_segment(
         raise InvalidInputError("no images given (an empty folder?)")
     config = _build_config(**options)
     pipeline = Pipeline(config)
+    _echo_plan(pipeline)
+    pipeline.preflight()
     failures: list[tuple[str, str]] = []
     names = ["demo"] if images == [None] else output_names(images)
     for path, name in tqdm(list(zip(images, names)), desc="segment", unit="img", disable=len(images) < 2):
@@ -166,10 +177,8 @@ def _run_segment(
               help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
 @click.option("--retry-failed", is_flag=True, help="Try again the images an earlier run recorded as failed "
               "(by default they are skipped and listed again).")
-@click.option("--gpu-mem", help="Follow the memory plan for a GPU of this size (e.g. 8GiB): models the plan "
-              "swaps are released after their stage in every chunk (see `offline-seg plan`).")
 def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
-        image_list: Path | None, gpu_mem: str | None, retry_failed: bool, **options) -> None:
+        image_list: Path | None, retry_failed: bool, **options) -> None:
     """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
 
     Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
@@ -198,17 +207,9 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     for row, config, row_out in runs:
         if row:
             click.secho(f"== {row} -> {row_out}", bold=True)
-        swapped: tuple[str, ...] = ()
-        if gpu_mem:
-            from offline_seg.plan import plan_for
-
-            plan = plan_for(config, gpu_mem)
-            swapped = plan.swapped_stages
-            click.echo(f"memory plan for {gpu_mem}: peak {plan.peak_bytes / 2**30:.2f} GiB "
-                       f"({'fits' if plan.fits else 'does NOT fit: ' + ', '.join(plan.suggestions)}); "
-                       f"resident: {', '.join(plan.resident_stages) or 'none'}; per chunk: {', '.join(swapped) or 'none'}")
-        runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped,
-                             retry_failed=retry_failed)
+        pipeline = Pipeline(config)
+        _echo_plan(pipeline)
+        runner = BatchRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed)
         summary = runner.run(images, root=root)
         click.echo(summary.table())
         click.echo(f"{summary.done} of {summary.images} images done -> {row_out}"
@@ -220,6 +221,18 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
         _print_ablation_table(runs, base)
     if any_failed:
         sys.exit(1)
+
+
+def _echo_plan(pipeline) -> None:
+    """The memory plan's choices as the loaders will follow them (only with --gpu-mem)."""
+    plan = pipeline.memory_plan
+    if plan is None:
+        return
+    click.echo(f"memory plan for {plan.gpu_bytes / 2**30:.0f} GiB: peak {plan.peak_bytes / 2**30:.2f} GiB; "
+               f"resident: {', '.join(plan.resident_stages) or 'none'}; "
+               f"per chunk: {', '.join(plan.swapped_stages) or 'none'}")
+    for model in pipeline.chain.models:
+        click.echo(f"  {model.stage:10} {model.text()}{'' if model.resident else ' (load per chunk)'}")
 
 
 def _print_ablation_table(runs, base) -> None:
@@ -263,7 +276,7 @@ def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> 
     _run_segment(
         [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
         no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, boxes="detect",
-        gt_dir=None, segmenter=None, llm=None, no_phrase_cache=False,
+        gt_dir=None, segmenter=None, llm=None, gpu_mem=None, captioner_quant=None, no_phrase_cache=False,
         unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
         demo_image=demo_image(),
     )

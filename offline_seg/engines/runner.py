@@ -27,15 +27,13 @@ from offline_seg.evaluation.oracle import boxes_from_ground_truth
 from offline_seg.io.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
 from offline_seg.engines.store import OutputLock, ResultStore, settings_key
+from offline_seg.specs import STEPS
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 from offline_seg.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("tag", "caption", "labels", "detect", "post_refine", "segment", "write")
-# The model each stage runs (names as in the memory plan).
-STAGE_MODELS = {"tag": "tagger", "caption": "captioner", "labels": "llm", "detect": "detector",
-                "post_refine": "llm", "segment": "segmenter"}
+STAGES = STEPS  # the chain's steps, in order (offline_seg.specs)
 # Dataset layouts: the image folder inside a dataset root.
 DATASET_IMAGE_DIRS = ("JPEGImages", "leftImg8bit", "val2017", "images")
 
@@ -142,9 +140,9 @@ class BatchRunner:
     """Runs a `Pipeline` over many images, chunk by chunk and stage by stage, resumable."""
 
     def __init__(self, pipeline: Pipeline, out_dir: Path, chunk_size: int = 16, progress: bool = True,
-                 swapped: Sequence[str] = (), retry_failed: bool = False):
-        """`swapped`: models (tagger, captioner, llm, detector, segmenter) to release after their stage in
-        every chunk, as a memory plan (`offline_seg.plan`) decides for a small GPU; the rest stay loaded.
+                 swapped: Sequence[str] | None = None, retry_failed: bool = False):
+        """The steps that run and the models released after each of their steps in every chunk come from
+        the pipeline's `ChainSpec` (a memory plan marks models not resident); `swapped` overrides the latter.
         `retry_failed`: try again the files an earlier run recorded as failed (by default they are
         skipped and reported again; a file whose bytes changed is always tried again)."""
         self.pipeline = pipeline
@@ -152,7 +150,7 @@ class BatchRunner:
         self.out_dir = Path(out_dir)
         self.chunk_size = max(1, int(chunk_size))
         self.progress = progress
-        self.swapped = set(swapped)
+        self.swapped = set(pipeline.chain.swapped if swapped is None else swapped)
         self.keys = stage_keys(pipeline)
 
     def run(self, images: Sequence[Path], root: Path | None = None) -> RunSummary:
@@ -160,7 +158,8 @@ class BatchRunner:
 
         summary = RunSummary(images=len(images))
         root = Path(root) if root else None
-        stages = self._active_stages()
+        self.pipeline.preflight()  # every missing weights file, before the first image
+        stages = list(self.pipeline.chain.steps)
         bars = {
             stage: tqdm(total=len(images), desc=f"{stage:11}", unit="img", position=i, leave=True,
                         disable=not self.progress)
@@ -207,20 +206,9 @@ class BatchRunner:
         return items
 
     def _release_after(self, stage: str) -> None:
-        model = STAGE_MODELS.get(stage)
+        model = self.pipeline.chain.step_model(stage)
         if model in self.swapped:  # the plan loads it once per use (the LLM: for pre- and for post-refinement)
             self.pipeline.release(model)
-
-    def _active_stages(self) -> list[str]:
-        c = self.pipeline.config
-        if c.oracle_boxes:
-            return ["detect", "segment", "write"]
-        stages = list(STAGES)
-        if c.oracle_labels or c.labels is not None:
-            stages = [s for s in stages if s not in ("tag", "caption")]
-        elif not c.use_caption:
-            stages.remove("caption")
-        return stages
 
     # --- one stage over a chunk -----------------------------------------------------------------
     def _run_stage(self, stage: str, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
@@ -410,11 +398,11 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     c = pipeline.config
     weights = str(pipeline.weights.root.resolve())
     classes = list(c.classes.names)
-    llm = c.llm or f"{weights}/llm"
+    llm = pipeline.model_spec("llm").key  # the models' descriptions (path, dtype, quantization)
     prompts = str(c.prompts_dir) if c.prompts_dir else "builtin"
     keys: dict[str, str] = {}
-    keys["tag"] = settings_key("tag", weights)
-    keys["caption"] = settings_key("caption", weights, c.use_caption)
+    keys["tag"] = settings_key("tag", weights, pipeline.model_spec("tagger").key)
+    keys["caption"] = settings_key("caption", weights, c.use_caption, pipeline.model_spec("captioner").key)
     if c.oracle_labels or c.oracle_boxes:
         keys["labels"] = settings_key("labels-gt", str(c.ground_truth_dir), classes)
     elif c.labels is not None:
@@ -425,10 +413,11 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"])
     else:
-        keys["detect"] = settings_key("detect", keys["labels"], weights, c.box_threshold, c.text_threshold, c.nms_iou)
+        keys["detect"] = settings_key("detect", keys["labels"], weights, c.box_threshold, c.text_threshold, c.nms_iou,
+                                      pipeline.model_spec("detector").key)
     keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
-    keys["segment"] = settings_key("segment", segment_input, c.segmenter or f"sam:{weights}", c.num_points)
+    keys["segment"] = settings_key("segment", segment_input, pipeline.model_spec("segmenter").key, c.num_points)
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 

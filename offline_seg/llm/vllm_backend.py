@@ -7,13 +7,14 @@ runs in the separate vLLM venv (whose transformers is older than the main one's)
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from offline_seg.errors import InvalidInputError, MissingWeightsError, OfflineSegError
 from offline_seg.llm.base import ChatMessage, Choice, Constraint, LabelList, LLMStats, resolve_constraint
 from offline_seg.llm.constraints import constraint_regex
-from offline_seg.llm.serve import DEFAULT_MAX_MODEL_LEN, DEFAULT_SHARE, QUANTIZATIONS
+from offline_seg.llm.serve import DEFAULT_MAX_MODEL_LEN, DEFAULT_SHARE, OFFLINE_ENV, QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class VllmLLM:
         if self._engine is None:
             if not (self.model_path / "config.json").is_file():
                 raise MissingWeightsError(self.model_path / "config.json", component="llm")
+            # Before vLLM is imported: it reads them at import and its engine processes inherit them.
+            os.environ.update(OFFLINE_ENV)
             try:
                 from vllm import LLM
             except ImportError as error:

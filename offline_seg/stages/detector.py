@@ -129,6 +129,12 @@ class GroundingDinoDetector:
             device=self.device, dtype=self.dtype,
         )
 
+    @property
+    def model(self):
+        """The loaded torch model (loads it on first use)."""
+        self._load()
+        return self._model
+
     def prompt_pieces(self, labels: Sequence[str]) -> list[str]:
         """The label prompt cut into pieces that each fit the model's text input (`max_text_len` tokens,
         counted with its own tokenizer, [CLS] and [SEP] included); a label is never cut in two."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
-from offline_seg.errors import InvalidInputError
+from offline_seg.specs import ModelSpec
 from offline_seg.types import Detections, InstanceMasks
 from offline_seg.weights import WeightsDir
 
@@ -239,12 +239,15 @@ class OnnxSamSegmenter(TwoPassSegmenter):
 SEGMENTER_BACKENDS = ("sam", "onnx")
 
 
-def load_segmenter(spec: str | None, weights: WeightsDir, num_points: int = 20, device: str = "cpu") -> Segmenter:
-    """A segmenter from a spec: None/`sam` (weights/sam), `sam:PATH` (transformers dir or official .pth),
-    `onnx` (weights/sam_onnx) or `onnx:DIR`."""
-    backend, _, target = (spec or "sam").partition(":")
-    if backend == "sam":
-        return SamSegmenter(Path(target) if target else weights.path("sam"), num_points=num_points, device=device)
-    if backend == "onnx":
-        return OnnxSamSegmenter(Path(target) if target else weights.path("sam_onnx"), num_points=num_points)
-    raise InvalidInputError(f"unknown segmenter {spec!r}; use one of: sam, sam:PATH, onnx, onnx:DIR")
+def load_segmenter(spec: str | ModelSpec | None, weights: WeightsDir | None = None, num_points: int = 20,
+                   device: str = "cpu") -> Segmenter:
+    """A segmenter from its description: a `ModelSpec`, or the text `sam` (WEIGHTS/sam), `sam:PATH`
+    (transformers dir or official .pth), `onnx` (WEIGHTS/sam_onnx) or `onnx:DIR`, with `?dtype=...`."""
+    from offline_seg.specs import parse_spec
+
+    if not isinstance(spec, ModelSpec):
+        root = weights.root if weights is not None else Path("weights")
+        spec = parse_spec(spec, "segmenter", root, device)
+    if spec.backend == "onnx":
+        return OnnxSamSegmenter(Path(spec.path), num_points=num_points)
+    return SamSegmenter(Path(spec.path), num_points=num_points, device=spec.device, dtype=spec.torch_dtype())
