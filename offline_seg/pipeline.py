@@ -71,6 +71,7 @@ class PipelineConfig:
         """JSON-friendly settings, written next to every result."""
         data = asdict(self)
         data["classes"] = self.classes.name
+        data["class_ids"] = list(self.classes.ids)  # dataset ids, for exports of the run
         data["weights_dir"] = str(self.weights_dir)
         data["prompts_dir"] = str(self.prompts_dir) if self.prompts_dir else None
         data["ground_truth_dir"] = str(self.ground_truth_dir) if self.ground_truth_dir else None

@@ -211,3 +211,27 @@ def vllm_server(vllm_python, smollm2_hf_dir, tmp_path_factory):
     print(f"\nvLLM CPU server ready in {server.startup_s:.1f} s")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prelabel_run(tmp_path_factory, sam_onnx_dir, voc_mini) -> Path:
+    """A real `run` for exports and the report: two VOC images segmented by the ONNX SAM from
+    ground-truth boxes, plus one unreadable file that the run records as failed."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from offline_seg.cli import main
+
+    root = tmp_path_factory.mktemp("prelabel")
+    inputs = root / "in"
+    inputs.mkdir()
+    for name in ("voc_0", "voc_294"):
+        shutil.copyfile(voc_mini / "JPEGImages" / f"{name}.png", inputs / f"{name}.png")
+    (inputs / "broken.jpg").write_text("not an image")
+    result = CliRunner().invoke(main, [
+        "run", str(inputs), "--preset", "voc", "--segmenter", f"onnx:{sam_onnx_dir}", "--boxes", "gt",
+        "--gt", str(voc_mini / "SegmentationClass"), "--points", "0", "--out", str(root / "run"),
+    ])
+    assert result.exit_code == 1 and "broken" in result.output, result.output  # exit 1: one image failed
+    return root / "run"
