@@ -211,3 +211,14 @@ def test_yolo_seg_polygons_round_trip(prelabel_run, tmp_path):
 def test_export_of_a_folder_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(main, ["export", str(tmp_path), "--format", "coco", "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "no segmentation records" in result.output
+
+
+def test_dataset_ids_of_runs_made_before_they_were_recorded():
+    """Older records name their preset but hold no ids: the preset's ids are taken when its names match."""
+    from offline_seg.io.runs import class_list_of
+
+    cityscapes = ClassList.preset("cityscapes")
+    record = {"classes": list(cityscapes.names), "settings": {"classes": "cityscapes"}}
+    assert class_list_of(record).ids == cityscapes.ids
+    renamed = {"classes": ["background", "road", "tree"], "settings": {"classes": "cityscapes"}}
+    assert class_list_of(renamed).ids == (0, 1, 2)  # not the preset's list: class indices
