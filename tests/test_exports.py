@@ -211,3 +211,31 @@ def test_yolo_seg_polygons_round_trip(prelabel_run, tmp_path):
 def test_export_of_a_folder_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(main, ["export", str(tmp_path), "--format", "coco", "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "no segmentation records" in result.output
+
+
+def test_dataset_ids_of_runs_made_before_they_were_recorded():
+    """Older records name their preset but hold no ids: the preset's ids are taken when its names match."""
+    from offline_seg.io.runs import class_list_of
+
+    cityscapes = ClassList.preset("cityscapes")
+    record = {"classes": list(cityscapes.names), "settings": {"classes": "cityscapes"}}
+    assert class_list_of(record).ids == cityscapes.ids
+    renamed = {"classes": ["background", "road", "tree"], "settings": {"classes": "cityscapes"}}
+    assert class_list_of(renamed).ids == (0, 1, 2)  # not the preset's list: class indices
+
+
+def test_segment_outputs_without_a_store_need_images_only_for_pixel_formats(prelabel_run, tmp_path):
+    """`segment` writes no store: the records are found by themselves, the images by --images."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for path in prelabel_run.glob("voc_*"):
+        shutil.copyfile(path, run / path.name)
+    coco = CliRunner().invoke(main, ["export", str(run), "--format", "coco", "--out", str(tmp_path / "c.json")])
+    assert coco.exit_code == 0 and "2 image(s)" in coco.output, coco.output
+    voc = CliRunner().invoke(main, ["export", str(run), "--format", "voc", "--out", str(tmp_path / "voc")])
+    assert voc.exit_code == 2 and "--images DIR" in voc.output
+    inputs = prelabel_run.parent / "in"
+    voc = CliRunner().invoke(main, ["export", str(run), "--format", "voc", "--out", str(tmp_path / "voc"),
+                                    "--images", str(inputs)])
+    assert voc.exit_code == 0, voc.output
+    assert sorted(p.name for p in (tmp_path / "voc" / "JPEGImages").iterdir()) == ["voc_0.jpg", "voc_294.jpg"]

@@ -137,6 +137,9 @@ def export_labelstudio(run: Run, out: Path, image_url: str = LABEL_STUDIO_URL) -
 # --- CVAT ---------------------------------------------------------------------------------------
 def _colour_png(index_map: np.ndarray) -> bytes:
     """An RGB PNG of an index map in VOC colours (CVAT matches mask colours against labelmap.txt)."""
+    if index_map.max(initial=0) >= len(_PALETTE):
+        raise InvalidInputError(f"{int(index_map.max())} classes or instances in one image do not fit "
+                                f"{len(_PALETTE)} mask colours")
     buffer = io.BytesIO()
     Image.fromarray(_PALETTE[index_map]).save(buffer, format="PNG")
     return buffer.getvalue()
