@@ -405,16 +405,59 @@ class BatchRunner:
 
 
 
+def stage_identities(pipeline: Pipeline) -> dict[str, str]:
+    """What each stage's results depend on beyond its settings, as content: the model files (not their
+    path), the prompt texts (not the prompts folder's name), the LLM a server actually serves."""
+    from offline_seg.stages.refiner import PromptTemplates
+    from offline_seg.weights import model_identity
+
+    c = pipeline.config
+    root = pipeline.weights.root
+
+    def component(key: str, spec: str | None = None) -> str:
+        target = (spec or "").partition(":")[2]
+        return model_identity(Path(target) if target else root / key)
+
+    templates = PromptTemplates.load(c.prompts_dir) if c.pre_refine or c.post_refine else None
+    segmenter_backend = (c.segmenter or "sam").partition(":")[0]
+    return {
+        "tagger": model_identity(root / "ram_plus"),  # checkpoint, tag list and thresholds
+        "captioner": model_identity(root / "blip2"),
+        "detector": model_identity(root / "grounding_dino"),
+        "segmenter": segmenter_backend + ":" + component("sam_onnx" if segmenter_backend == "onnx" else "sam",
+                                                         c.segmenter),
+        "llm": llm_identity(c.llm, root / "llm") if c.pre_refine or c.post_refine else "none",
+        "prompts": settings_key(templates.pre_refine, templates.post_refine) if templates else "none",
+    }
+
+
+def llm_identity(spec: str | None, default: Path) -> str:
+    """The LLM's content identity: its files for a local model, the served model's name for a server
+    (asked with GET /models; if the server cannot be asked now, its URL alone)."""
+    from offline_seg.weights import model_identity
+
+    backend, _, target = (spec or f"transformers:{default}").partition(":")
+    if backend != "openai":
+        return f"{backend}:{model_identity(target.split('?', 1)[0] or default)}"
+    from offline_seg.llm.base import load_llm
+
+    try:
+        return str(load_llm(spec).identity)
+    except OfflineSegError as error:
+        logger.warning("cannot ask %s which model it serves (%s); keying its results by URL", target, error)
+        return spec or ""
+
+
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     """Each stage's settings key, chained through the stages it depends on."""
     c = pipeline.config
-    weights = str(pipeline.weights.root.resolve())
+    ids = stage_identities(pipeline)
     classes = list(c.classes.names)
-    llm = c.llm or f"{weights}/llm"
-    prompts = str(c.prompts_dir) if c.prompts_dir else "builtin"
+    llm = ids["llm"]
+    prompts = ids["prompts"]
     keys: dict[str, str] = {}
-    keys["tag"] = settings_key("tag", weights)
-    keys["caption"] = settings_key("caption", weights, c.use_caption)
+    keys["tag"] = settings_key("tag", ids["tagger"])
+    keys["caption"] = settings_key("caption", ids["captioner"], c.use_caption)
     if c.oracle_labels or c.oracle_boxes:
         keys["labels"] = settings_key("labels-gt", str(c.ground_truth_dir), classes)
     elif c.labels is not None:
@@ -425,10 +468,11 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"])
     else:
-        keys["detect"] = settings_key("detect", keys["labels"], weights, c.box_threshold, c.text_threshold, c.nms_iou)
+        keys["detect"] = settings_key("detect", keys["labels"], ids["detector"], c.box_threshold, c.text_threshold,
+                                      c.nms_iou)
     keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
-    keys["segment"] = settings_key("segment", segment_input, c.segmenter or f"sam:{weights}", c.num_points)
+    keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points)
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 
