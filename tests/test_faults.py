@@ -301,3 +301,28 @@ def test_llm_server_failing_mid_run_is_a_clear_error_and_finished_images_are_kep
         healthy.close()
     assert rerun.exit_code == 0, rerun.output
     assert "3 of 3 images done" in rerun.output and len(_class_maps(out)) == 3
+
+
+def test_ablation_table_is_scored_like_eval_with_its_options(tiny_weights, tmp_path):
+    """Two of three ground-truth images were run: with --skip-missing the table leaves the third out, as
+    `eval --skip-missing` does, and prints the same mIoU."""
+    from click.testing import CliRunner
+
+    from offline_seg.cli import main
+
+    source = _pictures(tmp_path / "in", {"a_leftImg8bit.png": 0, "b_leftImg8bit.png": 1})
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for name in ("a", "b", "never_run"):
+        Image.fromarray(np.full((30, 40), 12, np.uint8), mode="L").save(gt / f"{name}_gtFine_labelIds.png")
+    out = tmp_path / "out"
+    options = ["--skip-missing", "--gt-suffix", "_gtFine_labelIds", "--pred-suffix", "_leftImg8bit"]
+    result = CliRunner().invoke(main, ["run", str(source), "--weights", str(tiny_weights), "--out", str(out),
+                                       "--ablation", "no-points", "--labels", "dog", "--gt", str(gt),
+                                       *options])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| no-points |"))
+    table_miou = row.split("|")[3].split("(")[0].strip()
+    assert "(1 missing, 0 failed)" in row
+    evaluated = CliRunner().invoke(main, ["eval", "--pred", str(out / "no-points"), "--gt", str(gt), *options])
+    assert f"mIoU {table_miou} %" in evaluated.output and "2 of 3 images scored" in evaluated.output
