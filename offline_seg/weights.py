@@ -264,3 +264,28 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Files up to this size are hashed by content (configs, weight indexes, tokenizers, tag lists and their
+# thresholds); larger ones (the weights) by name, size and modification time, which is cheap and changes
+# whenever a file is replaced.
+_CONTENT_HASH_LIMIT = 1 << 20
+
+
+def model_identity(path: Path | str) -> str:
+    """A short hash of what a model directory (or file) holds, for resume and cache keys: another model
+    copied to the same path, an edited config or tag list, or new weights give another identity."""
+    path = Path(path)
+    if not path.exists():
+        return f"absent:{path.resolve()}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        if stat.st_size <= _CONTENT_HASH_LIMIT:
+            digest.update(file.read_bytes())
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]

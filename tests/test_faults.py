@@ -213,3 +213,116 @@ def test_a_second_run_on_the_same_folder_stops_at_once(tiny_weights, tmp_path):
         result = _cli(["run", source, "--weights", tiny_weights, "--out", out, "--labels", "dog"])
     assert result.returncode == 2 and "another run" in result.stderr and f"pid {os.getpid()}" in result.stderr
     assert not (out / "a.png").exists()
+
+
+class _FlakyLLMServer:
+    """A loopback OpenAI-compatible server that answers `dog` to `healthy` chat requests, then goes
+    down (stops listening), hangs (answers after the client's timeout) or answers garbage."""
+
+    def __init__(self, mode: str, healthy: int):
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, payload: bytes):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                self._send(json.dumps({"data": [{"id": "flaky", "owned_by": "test"}]}).encode())
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts += 1
+                broken = outer.posts > healthy
+                if broken and mode == "hang":
+                    time.sleep(3)
+                if broken and mode == "garbage":
+                    return self._send(b"\x00\xffnot json")
+                self._send(json.dumps({"choices": [{"message": {"content": "dog"}, "finish_reason": "stop"}]}).encode())
+                if outer.posts == healthy and mode == "down":
+                    threading.Thread(target=outer.close, daemon=True).start()
+
+        ThreadingHTTPServer.daemon_threads = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.block_on_close = False
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._closed = False
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("down", "no LLM server at"),
+    ("hang", "failed after 1 tries"),
+    ("garbage", "not JSON"),
+])
+def test_llm_server_failing_mid_run_is_a_clear_error_and_finished_images_are_kept(tiny_weights, tmp_path, mode,
+                                                                                 message):
+    from click.testing import CliRunner
+
+    from offline_seg.cli import main
+
+    source = _pictures(tmp_path / "in", {f"img{i}.png": i for i in range(3)})
+    out = tmp_path / "out"
+    server = _FlakyLLMServer(mode, healthy=2)
+    spec = f"openai:{server.url}?timeout=0.5&retries=0&constraint=none"
+    args = ["run", str(source), "--weights", str(tiny_weights), "--out", str(out), "--chunk-size", "1",
+            "--no-caption", "--points", "1", "--no-phrase-cache"]
+    try:
+        result = CliRunner().invoke(main, [*args, "--llm", spec])
+    finally:
+        server.close()
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    with ResultStore.in_dir(out) as store:
+        done = [r.name for r in store.images("done")]
+    assert done and len(done) < 3
+    assert _class_maps(out) == [f"{name}.png" for name in done]  # finished images kept, nothing half-written
+    if mode != "down":
+        return  # the resume after an LLM failure is the same for every mode: checked once
+    healthy = _FlakyLLMServer("ok", healthy=10**6)
+    try:
+        rerun = CliRunner().invoke(main, [*args, "--llm", f"openai:{healthy.url}?constraint=none"])
+    finally:
+        healthy.close()
+    assert rerun.exit_code == 0, rerun.output
+    assert "3 of 3 images done" in rerun.output and len(_class_maps(out)) == 3
+
+
+def test_ablation_table_is_scored_like_eval_with_its_options(tiny_weights, tmp_path):
+    """Two of three ground-truth images were run: with --skip-missing the table leaves the third out, as
+    `eval --skip-missing` does, and prints the same mIoU."""
+    from click.testing import CliRunner
+
+    from offline_seg.cli import main
+
+    source = _pictures(tmp_path / "in", {"a_leftImg8bit.png": 0, "b_leftImg8bit.png": 1})
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for name in ("a", "b", "never_run"):
+        Image.fromarray(np.full((30, 40), 12, np.uint8), mode="L").save(gt / f"{name}_gtFine_labelIds.png")
+    out = tmp_path / "out"
+    options = ["--skip-missing", "--gt-suffix", "_gtFine_labelIds", "--pred-suffix", "_leftImg8bit"]
+    result = CliRunner().invoke(main, ["run", str(source), "--weights", str(tiny_weights), "--out", str(out),
+                                       "--ablation", "no-points", "--labels", "dog", "--gt", str(gt),
+                                       *options])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| no-points |"))
+    table_miou = row.split("|")[3].split("(")[0].strip()
+    assert "(1 missing, 0 failed)" in row
+    evaluated = CliRunner().invoke(main, ["eval", "--pred", str(out / "no-points"), "--gt", str(gt), *options])
+    assert f"mIoU {table_miou} %" in evaluated.output and "2 of 3 images scored" in evaluated.output

@@ -393,16 +393,53 @@ class BatchRunner:
 
 
 
+def stage_identities(pipeline: Pipeline) -> dict[str, str]:
+    """What each stage's results depend on beyond its settings, as content: each model's description
+    (`ModelSpec`: backend, dtype, quantization, options) with its files' identity in place of its path,
+    the prompt texts (not the prompts folder's name), the LLM a server actually serves."""
+    from dataclasses import replace
+
+    from offline_seg.stages.refiner import PromptTemplates
+    from offline_seg.weights import model_identity
+
+    c = pipeline.config
+    uses_llm = c.pre_refine or c.post_refine
+
+    def identity(stage: str) -> str:
+        spec = pipeline.model_spec(stage)
+        content = served_identity(spec) if spec.backend == "openai" else model_identity(Path(spec.path))
+        return replace(spec, path=content, device="", resident=True, gpu_memory_utilization=None).text()
+
+    templates = PromptTemplates.load(c.prompts_dir) if uses_llm else None
+    return {
+        **{stage: identity(stage) for stage in ("tagger", "captioner", "detector", "segmenter")},
+        "llm": identity("llm") if uses_llm else "none",
+        "prompts": settings_key(templates.pre_refine, templates.post_refine) if templates else "none",
+    }
+
+
+def served_identity(spec) -> str:
+    """An OpenAI-compatible server's model, as it names it (GET /models); its URL alone if it cannot be
+    asked now."""
+    from offline_seg.llm.base import load_llm
+
+    try:
+        return str(load_llm(spec).identity)
+    except OfflineSegError as error:
+        logger.warning("cannot ask %s which model it serves (%s); keying its results by URL", spec.path, error)
+        return spec.path
+
+
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     """Each stage's settings key, chained through the stages it depends on."""
     c = pipeline.config
-    weights = str(pipeline.weights.root.resolve())
+    ids = stage_identities(pipeline)
     classes = list(c.classes.names)
-    llm = pipeline.model_spec("llm").key  # the models' descriptions (path, dtype, quantization)
-    prompts = str(c.prompts_dir) if c.prompts_dir else "builtin"
+    llm = ids["llm"]
+    prompts = ids["prompts"]
     keys: dict[str, str] = {}
-    keys["tag"] = settings_key("tag", weights, pipeline.model_spec("tagger").key)
-    keys["caption"] = settings_key("caption", weights, c.use_caption, pipeline.model_spec("captioner").key)
+    keys["tag"] = settings_key("tag", ids["tagger"])
+    keys["caption"] = settings_key("caption", ids["captioner"], c.use_caption)
     if c.oracle_labels or c.oracle_boxes:
         keys["labels"] = settings_key("labels-gt", str(c.ground_truth_dir), classes)
     elif c.labels is not None:
@@ -413,11 +450,11 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"])
     else:
-        keys["detect"] = settings_key("detect", keys["labels"], weights, c.box_threshold, c.text_threshold, c.nms_iou,
-                                      pipeline.model_spec("detector").key)
+        keys["detect"] = settings_key("detect", keys["labels"], ids["detector"], c.box_threshold, c.text_threshold,
+                                      c.nms_iou)
     keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
-    keys["segment"] = settings_key("segment", segment_input, pipeline.model_spec("segmenter").key, c.num_points)
+    keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points)
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 

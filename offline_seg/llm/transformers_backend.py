@@ -53,9 +53,9 @@ class TransformersLLM:
     @property
     def identity(self) -> str:
         """What a persistent answer cache is keyed by: the model file(s) and the loading options."""
-        path = self.model_path.resolve()
-        stamp = path.stat().st_size if path.is_file() else ""
-        return f"transformers:{path}:{stamp}:{self.quantization or ''}"
+        from offline_seg.weights import model_identity
+
+        return f"transformers:{model_identity(self.model_path)}:{self.quantization or ''}"
 
     # --- loading ------------------------------------------------------------------------------
     def _locate(self) -> tuple[Path, dict[str, str]]:

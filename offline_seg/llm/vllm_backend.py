@@ -55,7 +55,9 @@ class VllmLLM:
 
     @property
     def identity(self) -> str:
-        return f"vllm:{self.model_path.resolve()}:{self.engine_args['quantization'] or ''}"
+        from offline_seg.weights import model_identity
+
+        return f"vllm:{model_identity(self.model_path)}:{self.engine_args['quantization'] or ''}"
 
     def _load(self):
         if self._engine is None:
