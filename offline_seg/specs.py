@@ -55,24 +55,23 @@ BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
 COMMON_KEYS = ("device", "dtype", "quantization", "gpu_memory_utilization", "max_model_len")
 
 
-def normalise_dtype(value: str | None) -> str | None:
+def _normalise(value: str | None, aliases: dict[str, str | None], allowed: tuple[str, ...], what: str) -> str | None:
+    """A user's spelling of a choice (e.g. bfloat16, 4bit) as its canonical name; None for the default."""
     if value is None:
         return None
     text = value.strip().lower()
-    text = _DTYPE_ALIASES.get(text, text)
-    if text is not None and text not in DTYPES:
-        raise InvalidInputError(f"dtype must be one of {', '.join(DTYPES)}, not {value!r}")
+    text = aliases.get(text, text)
+    if text is not None and text not in allowed:
+        raise InvalidInputError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
     return text
+
+
+def normalise_dtype(value: str | None) -> str | None:
+    return _normalise(value, _DTYPE_ALIASES, DTYPES, "dtype")
 
 
 def normalise_quantization(value: str | None) -> str | None:
-    if value is None:
-        return None
-    text = value.strip().lower()
-    text = _QUANT_ALIASES.get(text, text)
-    if text is not None and text not in QUANTIZATIONS:
-        raise InvalidInputError(f"quantization must be one of none, {', '.join(QUANTIZATIONS)}, not {value!r}")
-    return text
+    return _normalise(value, _QUANT_ALIASES, ("none",) + QUANTIZATIONS, "quantization")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from offline_seg.errors import InvalidInputError, MissingWeightsError
+from offline_seg.errors import InvalidInputError, MissingWeightsError, OfflineSegError
 from offline_seg.llm.base import ChatMessage, Choice, Constraint, LabelList, LLMStats, resolve_constraint
 from offline_seg.llm.constraints import LabelListAutomaton
 from offline_seg.models.hf import bitsandbytes_config
@@ -82,7 +82,13 @@ class TransformersLLM:
         bits = bitsandbytes_config(self.quantization, self.dtype)
         if bits is not None:
             extra = {**extra, "quantization_config": bits, "device_map": self.device}
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=self.dtype, **extra)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=self.dtype, **extra)
+        except ImportError as error:  # e.g. an AWQ/GPTQ checkpoint without its kernel package
+            raise OfflineSegError(
+                f"cannot load the LLM in {directory} with transformers: {error}. A pre-quantized AWQ/GPTQ "
+                f"checkpoint (the default `llm`) is served by vLLM as it is: --llm vllm:{directory}; or pull "
+                "`llm_bf16` and use --llm WEIGHTS/llm_bf16 (bitsandbytes 4-bit in flight)") from error
         if bits is None:
             model.to(self.device)
         model.eval()
