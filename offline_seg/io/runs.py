@@ -171,7 +171,6 @@ def read_run(run_dir: Path, images_dir: Path | None = None) -> Run:
                     entries.append((image.name, record_path, image.source))
                 elif image.status == "done":
                     failures[image.name] = f"its record {record_path.name} is missing (run the command again)"
-            failures.update(store.unreadable())
     else:
         for record_path in sorted(run_dir.rglob("*.json")):
             entries.append((str(record_path.relative_to(run_dir).with_suffix("")), record_path, None))
