@@ -13,7 +13,10 @@ from offline_seg.stages.composer import compose
 from offline_seg.errors import MissingWeightsError
 from offline_seg.models.sam_onnx import OnnxSam
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth
-from offline_seg.stages.segmenter import OnnxSamSegmenter
+from offline_seg.evaluation.metrics import ConfusionMatrix
+from offline_seg.io.images import load_image
+from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.stages.segmenter import EncodeOnce, OnnxSamSegmenter
 
 VOC = ClassList.preset("voc")
 
@@ -70,13 +73,54 @@ def test_cli_boxes_gt_needs_no_other_weights(sam_onnx_dir, voc_mini, tmp_path):
     result = CliRunner().invoke(main, [
         "segment", str(voc_mini / "JPEGImages" / "voc_474.png"), "--preset", "voc", "--boxes", "gt",
         "--gt", str(voc_mini / "SegmentationClass"), "--segmenter", f"onnx:{sam_onnx_dir}", "--points", "5",
-        "--weights", str(tmp_path / "no-weights"), "--out", str(out),
+        "--point-strategy", "paper", "--weights", str(tmp_path / "no-weights"), "--out", str(out),
     ])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "voc_474.json").read_text())
     assert record["scene_labels"] == ["bus"] and record["recognition"] is None
     assert {instance["label"] for instance in record["instances"]} == {"bus"}
     assert all(len(instance["points"]) == 5 for instance in record["instances"])
+    assert record["settings"]["point_strategy"] == "paper" and record["settings"]["num_points"] == 5
+    loose = tmp_path / "loose"
+    result = CliRunner().invoke(main, [
+        "segment", str(voc_mini / "JPEGImages" / "voc_474.png"), "--preset", "voc", "--boxes", "gt",
+        "--gt", str(voc_mini / "SegmentationClass"), "--segmenter", f"onnx:{sam_onnx_dir}", "--points", "0",
+        "--gt-box-expand", "0.15", "--weights", str(tmp_path / "no-weights"), "--out", str(loose),
+    ])
+    assert result.exit_code == 0, result.output
+    tight_boxes = np.array([i["box"] for i in record["instances"]])
+    loose_record = json.loads((loose / "voc_474.json").read_text())
+    loose_boxes = np.array([i["box"] for i in loose_record["instances"]])
+    assert loose_record["settings"]["gt_box_expand"] == 0.15 and loose_boxes.shape == tight_boxes.shape
+    assert (loose_boxes[:, :2] <= tight_boxes[:, :2]).all() and (loose_boxes[:, 2:] >= tight_boxes[:, 2:]).all()
+    assert (loose_boxes != tight_boxes).any()
+
+
+def _oracle_miou(segmenter_dir, voc_mini, backend, **settings) -> float:
+    """mIoU % of the product's segmenter (its defaults unless `settings` say otherwise) on voc-mini with the
+    ground-truth boxes of `--boxes gt`; `backend` shares one embedding per image across calls."""
+    config = PipelineConfig(classes=VOC, segmenter=f"onnx:{segmenter_dir}", oracle_boxes=True,
+                            ground_truth_dir=voc_mini / "SegmentationClass", **settings)
+    pipeline = Pipeline(config)
+    pipeline.segmenter.backend = backend
+    confusion = ConfusionMatrix(len(VOC), VOC.ignore_index)
+    for path in sorted((voc_mini / "JPEGImages").glob("*.png")):
+        result = pipeline.segment(path)
+        confusion.update(pipeline.ground_truth_for(load_image(path), path.stem), result.class_map)
+    return 100 * confusion.miou()
+
+
+def test_default_point_prompt_never_loses_to_box_only_on_tight_or_loose_boxes(sam_onnx_dir, voc_mini):
+    """The issue's bar: the default ≥ box only − 0.5 mIoU, with tight boxes and with boxes 15 % looser."""
+    backend = EncodeOnce(OnnxSam(sam_onnx_dir))
+    figures = {}
+    for expand in (0.0, 0.15):
+        default = _oracle_miou(sam_onnx_dir, voc_mini, backend, gt_box_expand=expand)
+        box_only = _oracle_miou(sam_onnx_dir, voc_mini, backend, gt_box_expand=expand, num_points=0)
+        figures[expand] = (default, box_only)
+        assert default >= box_only - 0.5, figures
+    assert len(backend.cache) == 5  # one embedding per image for all four runs
+    assert figures[0.0][1] > 80 and figures[0.15][1] < figures[0.0][1] - 5, figures  # the loosening is real
 
 
 def test_cli_oracle_needs_ground_truth(tmp_path):
