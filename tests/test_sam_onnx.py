@@ -68,28 +68,26 @@ def test_missing_onnx_files_name_the_file_and_the_pull_command(tmp_path):
     assert "offline-seg weights pull sam_onnx" in str(error.value)
 
 
-def test_cli_boxes_gt_needs_no_other_weights(sam_onnx_dir, voc_mini, tmp_path):
-    out = tmp_path / "out"
+def _segment_voc_474(sam_onnx_dir, voc_mini, out, *extra: str) -> dict:
+    """The CLI's `segment --boxes gt` on one voc-mini image with the ONNX SAM; its JSON record."""
     result = CliRunner().invoke(main, [
         "segment", str(voc_mini / "JPEGImages" / "voc_474.png"), "--preset", "voc", "--boxes", "gt",
-        "--gt", str(voc_mini / "SegmentationClass"), "--segmenter", f"onnx:{sam_onnx_dir}", "--points", "5",
-        "--point-strategy", "paper", "--weights", str(tmp_path / "no-weights"), "--out", str(out),
+        "--gt", str(voc_mini / "SegmentationClass"), "--segmenter", f"onnx:{sam_onnx_dir}",
+        "--weights", str(out / "no-weights"), "--out", str(out), *extra,
     ])
     assert result.exit_code == 0, result.output
-    record = json.loads((out / "voc_474.json").read_text())
+    return json.loads((out / "voc_474.json").read_text())
+
+
+def test_cli_boxes_gt_needs_no_other_weights(sam_onnx_dir, voc_mini, tmp_path):
+    record = _segment_voc_474(sam_onnx_dir, voc_mini, tmp_path / "out", "--points", "5", "--point-strategy", "paper")
     assert record["scene_labels"] == ["bus"] and record["recognition"] is None
     assert {instance["label"] for instance in record["instances"]} == {"bus"}
     assert all(len(instance["points"]) == 5 for instance in record["instances"])
     assert record["settings"]["point_strategy"] == "paper" and record["settings"]["num_points"] == 5
-    loose = tmp_path / "loose"
-    result = CliRunner().invoke(main, [
-        "segment", str(voc_mini / "JPEGImages" / "voc_474.png"), "--preset", "voc", "--boxes", "gt",
-        "--gt", str(voc_mini / "SegmentationClass"), "--segmenter", f"onnx:{sam_onnx_dir}", "--points", "0",
-        "--gt-box-expand", "0.15", "--weights", str(tmp_path / "no-weights"), "--out", str(loose),
-    ])
-    assert result.exit_code == 0, result.output
+    loose_record = _segment_voc_474(sam_onnx_dir, voc_mini, tmp_path / "loose", "--points", "0",
+                                    "--gt-box-expand", "0.15")
     tight_boxes = np.array([i["box"] for i in record["instances"]])
-    loose_record = json.loads((loose / "voc_474.json").read_text())
     loose_boxes = np.array([i["box"] for i in loose_record["instances"]])
     assert loose_record["settings"]["gt_box_expand"] == 0.15 and loose_boxes.shape == tight_boxes.shape
     assert (loose_boxes[:, :2] <= tight_boxes[:, :2]).all() and (loose_boxes[:, 2:] >= tight_boxes[:, 2:]).all()
@@ -128,3 +126,14 @@ def test_cli_oracle_needs_ground_truth(tmp_path):
     Image.new("RGB", (8, 8)).save(image)
     result = CliRunner().invoke(main, ["segment", str(image), "--boxes", "gt", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--gt DIR" in result.output
+
+
+def test_cli_rejects_loosening_without_oracle_boxes_and_unknown_strategies(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    result = CliRunner().invoke(main, ["segment", str(image), "--gt-box-expand", "0.1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--boxes gt only" in result.output
+    result = CliRunner().invoke(main, ["segment", str(image), "--point-strategy", "best", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "gated" in result.output
+    result = CliRunner().invoke(main, ["segment", str(image), "--gt-box-jitter", "-1", "--out", str(tmp_path)])
+    assert result.exit_code == 2

