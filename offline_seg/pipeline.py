@@ -23,8 +23,9 @@ from offline_seg.io.images import load_image
 from offline_seg.llm.base import LLM, load_llm
 from offline_seg.llm.cache import default_cache_dir
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
-from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
-from offline_seg.stages.segmenter import Segmenter, load_segmenter
+from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
+from offline_seg.stages.points import STRATEGIES
+from offline_seg.stages.segmenter import Segmenter, load_segmenter, resolve_point_prompt
 from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, parse_spec
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
@@ -43,7 +44,8 @@ class PipelineConfig:
     use_caption: bool = True  # False: "w/o BLIP-2"
     pre_refine: bool = True  # False: "w/o pre-refinement" (tags go straight to the detector)
     post_refine: bool = True  # False: "w/o post-refinement" (phrases used as-is, unknown dropped)
-    num_points: int = 20  # 0: "w/o points" (box-only SAM)
+    num_points: int | None = None  # 0: "w/o points" (box-only SAM); None: the segmenter backend's default
+    point_strategy: str | None = None  # paper, spread, gated or mask; None: the segmenter backend's default
     labels: tuple[str, ...] | None = None  # given labels instead of recognition + pre-refinement
     box_threshold: float = 0.18
     text_threshold: float = 0.15
@@ -55,6 +57,9 @@ class PipelineConfig:
     oracle_labels: bool = False  # labels from the ground truth ("ground-truth labels" row)
     oracle_boxes: bool = False  # boxes from the ground truth's connected components (isolates the segmenter)
     ground_truth_dir: Path | None = None  # label maps matched by image file stem, in dataset ids
+    gt_box_expand: float = 0.0  # oracle boxes: each side out by this share of the box's width/height
+    gt_box_jitter: float = 0.0  # oracle boxes: each side shifted by up to ± this share, seeded by `seed`
+    seed: int = 0
     constrained: bool = True  # post-refinement answers are forced to be class-list members
     prompts_dir: Path | None = None
     # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
@@ -62,6 +67,11 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
+        backend = parse_spec(self.segmenter, "segmenter", self.weights_dir, self.device).backend
+        self.point_strategy, self.num_points = resolve_point_prompt(backend, self.point_strategy, self.num_points)
+        if self.point_strategy not in STRATEGIES:
+            raise InvalidInputError(f"unknown point strategy {self.point_strategy!r}; "
+                                    f"use one of: {', '.join(STRATEGIES)}")
         if self.num_points < 0:
             raise ValueError("num_points must be >= 0")
         if self.ground_truth_dir is not None:
@@ -157,7 +167,9 @@ class Pipeline:
     @property
     def segmenter(self) -> Segmenter:
         if self._segmenter is None:
-            self._segmenter = load_segmenter(self.model_spec("segmenter"), num_points=self.config.num_points)
+            c = self.config
+            self._segmenter = load_segmenter(self.model_spec("segmenter"), num_points=c.num_points,
+                                             strategy=c.point_strategy)
         return self._segmenter
 
     @property
@@ -222,6 +234,13 @@ class Pipeline:
         classes = self.config.classes
         return [label for label in ensure_names(labels, classes) if label != classes.background]
 
+    def ground_truth_boxes(self, ground_truth: np.ndarray, name: str) -> Detections:
+        """The oracle's boxes for one image (`name` seeds its jitter), loosened as the config says."""
+        c = self.config
+        height, width = ground_truth.shape
+        return loosen_boxes(boxes_from_ground_truth(ground_truth, c.classes), (width, height), c.gt_box_expand,
+                            c.gt_box_jitter, c.seed, key=name)
+
     def fixed_labels(self, ground_truth: np.ndarray | None, labels: Sequence[str] | None = None) -> list[str] | None:
         """The detector's labels when they do not come from recognition: the ground truth's (oracle modes)
         or the user's (`labels`, else `config.labels`); None when recognition + pre-refinement decide."""
@@ -275,7 +294,7 @@ class Pipeline:
         recognition: Recognition | None = None
         prompt_labels = self.fixed_labels(ground_truth, labels)
         if self.chain.boxes_from == "gt":
-            detections = boxes_from_ground_truth(ground_truth, c.classes)
+            detections = self.ground_truth_boxes(ground_truth, name or "")
         else:
             if prompt_labels is None:
                 recognition = self.recognize(image)

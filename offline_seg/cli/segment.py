@@ -9,6 +9,7 @@ import click
 
 from offline_seg.classes import PRESETS
 from offline_seg.errors import InvalidInputError, OfflineSegError
+from offline_seg.stages.points import STRATEGIES as POINT_STRATEGIES
 from offline_seg.cli.common import _class_list, _collect_images, _go_offline, _setup_logging, main
 
 
@@ -24,13 +25,23 @@ def _segment_options(func):
         click.option("--no-caption", is_flag=True, help="Ablation: tags only, no BLIP-2 caption."),
         click.option("--no-pre-refine", is_flag=True, help="Ablation: tags go straight to the detector."),
         click.option("--no-post-refine", is_flag=True, help="Ablation: detected phrases used as-is."),
-        click.option("--points", "num_points", type=click.IntRange(min=0), default=20, show_default=True,
-                     help="Positive points per box for SAM's second pass; 0 = box only."),
+        click.option("--points", "num_points", type=click.IntRange(min=0),
+                     help="Positive points per box for SAM's second pass; 0 = box only (default: per segmenter "
+                     "backend, see the README)."),
+        click.option("--point-strategy", type=click.Choice(list(POINT_STRATEGIES)),
+                     help="How pass 1 prompts pass 2: paper (top-n logits, the reference), gated (pass 2 only where "
+                     "SAM's predicted IoU does not drop), spread (top logits kept apart), mask (pass 1's logits as "
+                     "mask_input). Default: per segmenter backend."),
         click.option("--labels", help='Given labels instead of recognition + pre-refinement, e.g. "cat, dog"; '
                      '"gt": the classes in the ground truth (needs --gt).'),
         click.option("--boxes", type=click.Choice(["detect", "gt"]), default="detect", show_default=True,
                      help="gt: one box per connected component of each ground-truth class; no tagger, "
                      "captioner, LLM or detector is loaded (isolates the segmenter)."),
+        click.option("--gt-box-expand", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="--boxes gt: move each side out by this share of the box's width/height (0.15 = 15%)."),
+        click.option("--gt-box-jitter", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="--boxes gt: shift each side by a random up to ± this share of the box (see --seed)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of --gt-box-jitter."),
         click.option("--gt", "gt_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
                      help="Ground-truth label maps (dataset ids, matched by file stem) for --labels gt / --boxes gt."),
         click.option("--segmenter", help="sam (WEIGHTS/sam), sam:PATH, onnx (WEIGHTS/sam_onnx) or onnx:DIR "
@@ -77,6 +88,10 @@ def _build_config(
     labels,
     boxes,
     gt_dir,
+    point_strategy=None,
+    gt_box_expand=0.0,
+    gt_box_jitter=0.0,
+    seed=0,
     segmenter,
     llm,
     gpu_mem,
@@ -93,6 +108,8 @@ def _build_config(
     oracle_labels = labels is not None and labels.strip().lower() == "gt"
     if (oracle_labels or boxes == "gt") and gt_dir is None:
         raise click.UsageError("--labels gt and --boxes gt need --gt DIR (ground-truth label maps)")
+    if (gt_box_expand or gt_box_jitter) and boxes != "gt":
+        raise click.UsageError("--gt-box-expand and --gt-box-jitter loosen the boxes of --boxes gt only")
     return PipelineConfig(
         classes=_class_list(preset, classes),
         weights_dir=weights_dir,
@@ -101,6 +118,10 @@ def _build_config(
         pre_refine=not no_pre_refine,
         post_refine=not no_post_refine,
         num_points=num_points,
+        point_strategy=point_strategy,
+        gt_box_expand=gt_box_expand,
+        gt_box_jitter=gt_box_jitter,
+        seed=seed,
         labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels and not oracle_labels else None,
         oracle_labels=oracle_labels,
         oracle_boxes=boxes == "gt",
@@ -282,7 +303,7 @@ def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> 
                     fg="yellow")
     _run_segment(
         [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
-        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, boxes="detect",
+        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=None, labels=None, boxes="detect",
         gt_dir=None, segmenter=None, llm=None, gpu_mem=None, captioner_quant=None, no_phrase_cache=False,
         unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
         demo_image=demo_image(),

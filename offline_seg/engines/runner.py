@@ -23,7 +23,6 @@ from offline_seg.stages.composer import compose
 from offline_seg.engines.faults import fault_point
 from offline_seg.errors import InvalidInputError, OfflineSegError
 from offline_seg.io.images import IMAGE_SUFFIXES, load_image
-from offline_seg.evaluation.oracle import boxes_from_ground_truth
 from offline_seg.io.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
 from offline_seg.engines.store import OutputLock, ResultStore, settings_key
@@ -326,8 +325,8 @@ class BatchRunner:
     def _compute_detect(self, items: list[_Item]) -> list[Any]:
         c = self.pipeline.config
         if c.oracle_boxes:
-            return [_guard(lambda i=i: _detections_value(boxes_from_ground_truth(self._truth(i), c.classes),
-                                                          labelled=True)) for i in items]
+            return [_guard(lambda i=i: _detections_value(
+                self.pipeline.ground_truth_boxes(self._truth(i), i.path.stem), labelled=True)) for i in items]
         return [_detections_value(self.pipeline.detect(i.image, i.values["labels"]["labels"])) for i in items]
 
     def _compute_post_refine(self, items: list[_Item]) -> list[Any]:
@@ -448,13 +447,15 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
         keys["labels"] = settings_key("labels", keys["tag"], keys["caption"], c.pre_refine, llm, c.constrained,
                                       prompts, classes)
     if c.oracle_boxes:
-        keys["detect"] = settings_key("boxes-gt", keys["labels"])
+        keys["detect"] = settings_key("boxes-gt", keys["labels"], c.gt_box_expand, c.gt_box_jitter, c.seed)
     else:
         keys["detect"] = settings_key("detect", keys["labels"], ids["detector"], c.box_threshold, c.text_threshold,
                                       c.nms_iou)
     keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
-    keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points)
+    # With no points the strategy changes nothing: box-only results are shared by every strategy.
+    keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points,
+                                   c.point_strategy if c.num_points else "box-only")
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 
