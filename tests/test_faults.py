@@ -252,9 +252,11 @@ class _FlakyLLMServer:
                 if outer.posts == healthy and mode == "down":
                     threading.Thread(target=outer.close, daemon=True).start()
 
-        ThreadingHTTPServer.daemon_threads = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.block_on_close = False
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True  # a hanging answer must not hold up closing the server
+            block_on_close = False
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self._closed = False

@@ -432,20 +432,15 @@ def stage_identities(pipeline: Pipeline) -> dict[str, str]:
 
 
 def llm_identity(spec: str | None, default: Path) -> str:
-    """The LLM's content identity: its files for a local model, the served model's name for a server
-    (asked with GET /models; if the server cannot be asked now, its URL alone)."""
-    from offline_seg.weights import model_identity
-
-    backend, _, target = (spec or f"transformers:{default}").partition(":")
-    if backend != "openai":
-        return f"{backend}:{model_identity(target.split('?', 1)[0] or default)}"
+    """The LLM backend's own identity (as the phrase cache uses it): its files and loading options for a
+    local model, the served model's name for a server (if the server cannot be asked now, its URL)."""
     from offline_seg.llm.base import load_llm
 
     try:
-        return str(load_llm(spec).identity)
+        return str(load_llm(spec or default).identity)  # builds the client only: nothing is loaded
     except OfflineSegError as error:
-        logger.warning("cannot ask %s which model it serves (%s); keying its results by URL", target, error)
-        return spec or ""
+        logger.warning("cannot ask %s which model it serves (%s); keying its results by the spec", spec, error)
+        return str(spec)
 
 
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
