@@ -57,9 +57,10 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
             source = source / name
             break
     pattern = "**/*" if recursive else "*"
+    # Every entry named like an image, also one that is not a regular file (a folder or FIFO named x.jpg,
+    # a symlink loop): the run lists those as failed with their reason instead of skipping them silently.
     images = sorted(
-        p for p in source.glob(pattern)
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay") and _is_candidate(p)
+        p for p in source.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay")
     )
     if names is not None:
         wanted = [line.strip() for line in Path(names).read_text().splitlines() if line.strip()]
@@ -70,15 +71,6 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
                                     f"e.g. {', '.join(absent[:3])}")
         images = [by_stem[name] for name in wanted]
     return source, images
-
-
-def _is_candidate(path: Path) -> bool:
-    """A file to try: a regular file, or a name that looks like one but cannot be opened as one (a
-    symlink loop, a folder or FIFO named `x.jpg`): those are listed so the run reports them as failed."""
-    try:
-        return path.is_file() or path.is_symlink() or not path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
-    except OSError:  # e.g. a symlink loop: ELOOP
-        return True
 
 
 def output_names(paths: Sequence[Path], root: Path | None = None) -> list[str]:
