@@ -210,8 +210,14 @@ def test_a_second_run_on_the_same_folder_stops_at_once(tiny_weights, tmp_path):
     with OutputLock(out):
         with pytest.raises(OutputLockedError, match="another run"):
             OutputLock(out).__enter__()
-        result = _cli(["run", source, "--weights", tiny_weights, "--out", out, "--labels", "dog"])
-    assert result.returncode == 2 and "another run" in result.stderr and f"pid {os.getpid()}" in result.stderr
+        from click.testing import CliRunner
+
+        from offline_seg.cli import main
+
+        # flock locks belong to an open file: a second open in this same process conflicts like another run
+        result = CliRunner().invoke(main, ["run", str(source), "--weights", str(tiny_weights), "--out", str(out),
+                                           "--labels", "dog"])
+    assert result.exit_code == 2 and "another run" in result.output and f"pid {os.getpid()}" in result.output
     assert not (out / "a.png").exists()
 
 
