@@ -54,9 +54,10 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
             source = source / name
             break
     pattern = "**/*" if recursive else "*"
+    # Every entry named like an image, also one that is not a regular file (a folder or FIFO named x.jpg,
+    # a symlink loop): the run lists those as failed with their reason instead of skipping them silently.
     images = sorted(
-        p for p in source.glob(pattern)
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay") and _is_candidate(p)
+        p for p in source.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay")
     )
     if names is not None:
         wanted = [line.strip() for line in Path(names).read_text().splitlines() if line.strip()]
@@ -67,15 +68,6 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
                                     f"e.g. {', '.join(absent[:3])}")
         images = [by_stem[name] for name in wanted]
     return source, images
-
-
-def _is_candidate(path: Path) -> bool:
-    """A file to try: a regular file, or a name that looks like one but cannot be opened as one (a
-    symlink loop, a folder or FIFO named `x.jpg`): those are listed so the run reports them as failed."""
-    try:
-        return path.is_file() or path.is_symlink() or not path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
-    except OSError:  # e.g. a symlink loop: ELOOP
-        return True
 
 
 def output_names(paths: Sequence[Path], root: Path | None = None) -> list[str]:
@@ -406,8 +398,10 @@ def stage_identities(pipeline: Pipeline) -> dict[str, str]:
 
     def identity(stage: str) -> str:
         spec = pipeline.model_spec(stage)
-        content = served_identity(spec) if spec.backend == "openai" else model_identity(Path(spec.path))
-        return replace(spec, path=content, device="", resident=True, gpu_memory_utilization=None).text()
+        if stage == "llm":
+            return llm_identity(spec)
+        return replace(spec, path=model_identity(Path(spec.path)), device="", resident=True,
+                       gpu_memory_utilization=None).text()
 
     templates = PromptTemplates.load(c.prompts_dir) if uses_llm else None
     return {
@@ -417,16 +411,16 @@ def stage_identities(pipeline: Pipeline) -> dict[str, str]:
     }
 
 
-def served_identity(spec) -> str:
-    """An OpenAI-compatible server's model, as it names it (GET /models); its URL alone if it cannot be
-    asked now."""
+def llm_identity(spec) -> str:
+    """The LLM backend's own identity (as the phrase cache uses it): its files and loading options for a
+    local model, the served model's name for a server (if the server cannot be asked now, its URL)."""
     from offline_seg.llm.base import load_llm
 
     try:
-        return str(load_llm(spec).identity)
+        return str(load_llm(spec).identity)  # builds the client only: nothing is loaded
     except OfflineSegError as error:
-        logger.warning("cannot ask %s which model it serves (%s); keying its results by URL", spec.path, error)
-        return spec.path
+        logger.warning("cannot ask %s which model it serves (%s); keying its results by the spec", spec.path, error)
+        return spec.text()
 
 
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
