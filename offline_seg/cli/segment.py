@@ -156,8 +156,15 @@ def _run_segment(
               help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
 @click.option("--gpu-mem", help="Follow the memory plan for a GPU of this size (e.g. 8GiB): models the plan "
               "swaps are released after their stage in every chunk (see `offline-seg plan`).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: each model stage an actor pool on Ray Data, over many GPUs and machines "
+              "(needs the [ray] extra; same store, same outputs).")
+@click.option("--ray-address", help="Join this Ray cluster (HOST:PORT or auto); default: start Ray on this "
+              "machine only.")
+@click.option("--ray-actors", help="Actors per model stage: N, or per stage, e.g. segment=2,detect=2 (default 1).")
 def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
-        image_list: Path | None, gpu_mem: str | None, **options) -> None:
+        image_list: Path | None, gpu_mem: str | None, engine: str, ray_address: str | None,
+        ray_actors: str | None, **options) -> None:
     """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
 
     Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
@@ -187,6 +194,7 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
         if row:
             click.secho(f"== {row} -> {row_out}", bold=True)
         swapped: tuple[str, ...] = ()
+        plan = None
         if gpu_mem:
             from offline_seg.plan import plan_for
 
@@ -195,7 +203,13 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
             click.echo(f"memory plan for {gpu_mem}: peak {plan.peak_bytes / 2**30:.2f} GiB "
                        f"({'fits' if plan.fits else 'does NOT fit: ' + ', '.join(plan.suggestions)}); "
                        f"resident: {', '.join(plan.resident_stages) or 'none'}; per chunk: {', '.join(swapped) or 'none'}")
-        runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped)
+        if engine == "ray":
+            from offline_seg.engines.ray_engine import RayOptions, RayRunner, parse_actors
+
+            options_ray = RayOptions(address=ray_address, actors=parse_actors(ray_actors))
+            runner = RayRunner(Pipeline(config), row_out, chunk_size=chunk_size, options=options_ray, plan=plan)
+        else:
+            runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped)
         summary = runner.run(images, root=root)
         click.echo(summary.table())
         click.echo(f"{summary.done} of {summary.images} images done -> {row_out}")

@@ -120,7 +120,7 @@ class BatchRunner:
 
         summary = RunSummary(images=len(images))
         root = Path(root) if root else None
-        stages = self._active_stages()
+        stages = self.active_stages()
         bars = {
             stage: tqdm(total=len(images), desc=f"{stage:11}", unit="img", position=i, leave=True,
                         disable=not self.progress)
@@ -129,19 +129,20 @@ class BatchRunner:
         with ResultStore.in_dir(self.out_dir) as store:
             try:
                 for start in range(0, len(images), self.chunk_size):
-                    chunk = self._open_chunk(store, images[start : start + self.chunk_size], root, summary)
+                    chunk = self.open_items(store, images[start : start + self.chunk_size], root, summary)
                     for stage in stages:
                         self._run_stage(stage, chunk, store, summary)
                         bars[stage].update(len(chunk))
                         self._release_after(stage)
-                    self._finish(chunk, store, summary)
+                    self.finish(chunk, store, summary)
             finally:
                 for bar in bars.values():
                     bar.close()
         return summary
 
     # --- chunk set-up ---------------------------------------------------------------------------
-    def _open_chunk(self, store: ResultStore, paths: Sequence[Path], root: Path | None, summary: RunSummary) -> list[_Item]:
+    def open_items(self, store: ResultStore, paths: Sequence[Path], root: Path | None, summary: RunSummary) -> list[_Item]:
+        """Register `paths` in the store, hashed; a file that cannot be read is recorded as failed."""
         items = []
         for path in paths:
             name = str(path.relative_to(root).with_suffix("")) if root else path.stem
@@ -160,7 +161,8 @@ class BatchRunner:
         if model in self.swapped:  # the plan loads it once per use (the LLM: for pre- and for post-refinement)
             self.pipeline.release(model)
 
-    def _active_stages(self) -> list[str]:
+    def active_stages(self) -> list[str]:
+        """The stages the config runs, in chain order."""
         c = self.pipeline.config
         if c.oracle_boxes:
             return ["detect", "segment", "write"]
@@ -173,55 +175,71 @@ class BatchRunner:
 
     # --- one stage over a chunk -----------------------------------------------------------------
     def _run_stage(self, stage: str, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
-        key = self.keys[stage]
         todo = []
         for item in chunk:
             if item.failed:
                 continue
-            cached = store.get(item.image_hash, stage, key)
-            if stage == "write" and cached is not None and not Path(cached["record"]).is_file():
-                cached = None  # the outputs were deleted since: write them again from the stored stages
+            cached = self.lookup(stage, item, store)
             if cached is None:
                 todo.append(item)
             else:
                 item.values[stage] = cached
                 summary.reused[stage] += 1
-        for item in todo:  # images are opened only when some stage needs their pixels
+        results, seconds = self.compute(stage, todo)
+        for item, value in zip(todo, results):
+            self.commit(stage, item, value, seconds, store, summary)
+
+    # The three steps of a stage, also called by the Ray engine (`offline_seg.engines.ray_engine`): the
+    # driver looks up and commits, the workers compute (no store there).
+    def lookup(self, stage: str, item: _Item, store: ResultStore) -> Any | None:
+        """The stored result of `stage` for `item`; None when the stage must run for it."""
+        cached = store.get(item.image_hash, stage, self.keys[stage])
+        if stage == "write" and cached is not None and not Path(cached["record"]).is_file():
+            return None  # the outputs were deleted since: write them again from the stored stages
+        return cached
+
+    def compute(self, stage: str, items: list[_Item]) -> tuple[list[Any], float]:
+        """`stage` on `items`, their pixels opened as needed: one value (or `StageFailure`) per item, and
+        the seconds per item. Touches no store, so it runs anywhere the weights and images are."""
+        unreadable: dict[int, StageFailure] = {}
+        for item in items:  # images are opened only when some stage needs their pixels
             if item.image is None and stage not in ("labels", "post_refine"):
-                self._load(item, store, summary)
-        todo = [item for item in todo if not item.failed]
-        if not todo:
-            return
+                try:
+                    item.image = load_image(item.path)
+                except InvalidInputError as error:
+                    unreadable[id(item)] = StageFailure(str(error))
+        ready = [item for item in items if id(item) not in unreadable]
+        if not ready:
+            return [unreadable[id(item)] for item in items], 0.0
         start = time.perf_counter()
         try:
-            results = getattr(self, f"_compute_{stage}")(todo)
+            computed = list(getattr(self, f"_compute_{stage}")(ready))
         except InvalidInputError as error:  # e.g. a missing ground truth: fail those images, go on
-            for item in todo:
-                self._fail(item, store, summary, f"{stage}: {error}")
-            return
-        seconds = (time.perf_counter() - start) / len(todo)
-        for item, value in zip(todo, results):
-            if isinstance(value, _Failure):
-                self._fail(item, store, summary, f"{stage}: {value.reason}")
-                continue
-            item.values[stage] = value
-            store.put(item.image_hash, stage, key, value, seconds)
-            summary.computed[stage] += 1
-            summary.seconds[stage] += seconds
+            computed = [StageFailure(str(error))] * len(ready)
+        seconds = (time.perf_counter() - start) / len(ready)
+        values = {id(item): value if not isinstance(value, StageFailure) else StageFailure(f"{stage}: {value.reason}")
+                  for item, value in zip(ready, computed)}
+        values.update(unreadable)
+        return [values[id(item)] for item in items], seconds
 
-    def _finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
+    def commit(self, stage: str, item: _Item, value: Any, seconds: float, store: ResultStore,
+               summary: RunSummary) -> None:
+        """Store one computed result (or the image's failure) and count it."""
+        if isinstance(value, StageFailure):
+            self._fail(item, store, summary, value.reason)
+            return
+        item.values[stage] = value
+        store.put(item.image_hash, stage, self.keys[stage], value, seconds)
+        summary.computed[stage] += 1
+        summary.seconds[stage] += seconds
+
+    def finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
         """After the last stage: every image of the chunk that did not fail is done."""
         for item in chunk:
             if not item.failed:
                 store.set_status(item.image_hash, "done")
                 summary.done += 1
             item.image = None  # the chunk's pixels can go
-
-    def _load(self, item: _Item, store: ResultStore, summary: RunSummary) -> None:
-        try:
-            item.image = load_image(item.path)
-        except InvalidInputError as error:
-            self._fail(item, store, summary, str(error))
 
     def _fail(self, item: _Item, store: ResultStore, summary: RunSummary, reason: str) -> None:
         item.failed = reason
@@ -343,7 +361,9 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
 
 
 @dataclass
-class _Failure:
+class StageFailure:
+    """One image's result of a stage when its input was bad."""
+
     reason: str
 
 
@@ -352,7 +372,7 @@ def _guard(compute: Callable[[], Any]) -> Any:
     try:
         return compute()
     except InvalidInputError as error:
-        return _Failure(str(error))
+        return StageFailure(str(error))
 
 
 def _recognition(values: dict[str, Any]) -> Recognition:
