@@ -258,13 +258,11 @@ class RayRunner:
         return int(math.ceil(sum(r.actors * r.num_cpus for r in self.resources.values()))) + 2
 
     def run(self, images: Sequence[Path], root: Path | None = None) -> RunSummary:
-        with RaySession(self.options, self.options.num_cpus or self.cpus_needed):
-            return self._run(images, Path(root) if root else None)
-
-    def _run(self, images: Sequence[Path], root: Path | None) -> RunSummary:
+        """Like `BatchRunner.run`; Ray is joined (or started) only when some image misses some stage."""
         from tqdm import tqdm
 
         local = self.local
+        root = Path(root) if root else None
         summary = RunSummary(images=len(images))
         with ResultStore.in_dir(local.out_dir) as store:
             items = local.open_items(store, images, root, summary)
@@ -283,7 +281,8 @@ class RayRunner:
                 return summary
             logger.info("%d of %d images go to Ray", len(todo), len(items))
             pending = dict(enumerate(todo))
-            with tqdm(total=len(todo), desc="ray", unit="img", disable=not local.progress) as bar:
+            with RaySession(self.options, self.options.num_cpus or self.cpus_needed), \
+                    tqdm(total=len(todo), desc="ray", unit="img", disable=not local.progress) as bar:
                 for index, state, computed, failure in self._stream(todo):
                     item = pending.pop(index, None)
                     if item is None:  # a batch Ray ran twice: its first result is already committed
