@@ -27,21 +27,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from offline_seg.engines.ray_engine import RayOptions, RayRunner  # noqa: E402
 from offline_seg.engines.runner import STAGES, BatchRunner, RunSummary, find_images  # noqa: E402
 from offline_seg.engines.store import ResultStore  # noqa: E402
 from offline_seg.pipeline import Pipeline, PipelineConfig  # noqa: E402
 
-
-def synthetic_images(directory: Path, count: int, size: tuple[int, int] = (160, 120)) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(directory / f"img_{i:03d}.png")
-    return directory
+from bench_pipeline import synthetic_images  # noqa: E402  (this script's folder is on sys.path)
 
 
 def stage_times(config: PipelineConfig, images: list[Path], root: Path, work: Path, chunk: int) -> dict[str, float]:
@@ -91,7 +82,7 @@ def main() -> None:
 
             args.weights = work / "tiny-weights"
             make_tiny_weights(args.weights)
-        source = args.folder or synthetic_images(work / "images", args.images)
+        source = args.folder or synthetic_images(work / "images", args.images, size=(160, 120))
         root, images = find_images(source)
         config = PipelineConfig(weights_dir=args.weights, device=args.device, phrase_cache_dir=None)
         plan = None

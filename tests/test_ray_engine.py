@@ -27,7 +27,7 @@ from PIL import Image
 
 from offline_seg.cli import main
 from offline_seg.engines.ray_engine import FAULT_ENV, RayOptions, parse_actors, stage_resources
-from offline_seg.engines.store import STORE_NAME
+from offline_seg.engines.store import STORE_NAME, ResultStore
 from offline_seg.errors import InvalidInputError
 from offline_seg.pipeline import PipelineConfig
 
@@ -109,12 +109,11 @@ def _results(out: Path) -> dict[tuple[str, str, str], float]:
 
 
 def _done(store_path: Path) -> int:
-    if not store_path.exists():
-        return 0
+    """Images done so far, read while the run writes (WAL: readers never block the writer)."""
     try:
-        with sqlite3.connect(store_path, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM images WHERE status = 'done'").fetchone()[0]
-    except sqlite3.OperationalError:  # the tables may not exist yet
+        with ResultStore(store_path) as store:
+            return len(store.images("done"))
+    except sqlite3.OperationalError:  # the store is being created
         return 0
 
 
@@ -138,7 +137,7 @@ def test_ray_engine_resumes_after_kill_9_survives_a_killed_actor_and_equals_the_
 
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 400
-    while _done(out / STORE_NAME) < 2 and driver.poll() is None and time.monotonic() < deadline:
+    while driver.poll() is None and _done(out / STORE_NAME) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert driver.poll() is None, "the run ended before it could be killed: " + driver.stderr.read().decode()[-2000:]
     driver.send_signal(signal.SIGKILL)
@@ -189,3 +188,10 @@ def test_stage_resources_follow_the_memory_plan_and_the_actor_counts(tiny_weight
         stage_resources(config, stages, RayOptions())
     with pytest.raises(InvalidInputError, match="unknown stage"):
         parse_actors("segmenter=2")
+
+
+def test_ray_options_need_the_ray_engine(tmp_path):
+    source = _images(tmp_path / "in", 1)
+    result = CliRunner().invoke(main, ["run", str(source), "--out", str(tmp_path / "out"), "--ray-actors", "2"])
+    assert result.exit_code == 2 and "--engine ray" in result.output
+    assert not (tmp_path / "out").exists()

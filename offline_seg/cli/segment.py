@@ -177,6 +177,8 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     from offline_seg.pipeline import Pipeline
     from offline_seg.engines.runner import BatchRunner, find_images
 
+    if engine != "ray" and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     base = _build_config(**options)
     root, images = find_images(source, recursive=not no_recursive, names=image_list)
     if not images:

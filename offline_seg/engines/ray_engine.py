@@ -227,9 +227,11 @@ class RaySession:
         os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
         ray = _import_ray()
         if not ray.is_initialized():
-            env = {**WORKER_ENV}
+            verbose = logger.isEnabledFor(logging.INFO)  # -v: the workers' logs and Ray Data's progress too
+            if not verbose:
+                logging.getLogger("ray.data").setLevel(logging.WARNING)
             kwargs: dict[str, Any] = dict(include_dashboard=self.options.dashboard, logging_level=logging.WARNING,
-                                          runtime_env={"env_vars": env}, configure_logging=True)
+                                          runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=verbose)
             if self.options.address:
                 ray.init(address=self.options.address, **kwargs)
             else:
