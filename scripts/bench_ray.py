@@ -119,13 +119,14 @@ def main() -> None:
         mark = " (bottleneck)" if stage == bottleneck else ""
         print(f"| {stage}{mark} | {1000 * seconds:.1f} | {seconds / total:.0%} |")
     print(f"| driver commit | {1000 * commit:.2f} | - |")
-    print(f"\nbottleneck: {bottleneck} ({times[bottleneck] / total:.0%} of the chain); per GPU give it "
-          f"{times[bottleneck] / min(times.values()):.1f}x the actors of the cheapest stage")
-    print("\n| GPUs | projected images/s | limited by |\n|---:|---:|---|")
+    print(f"\nbottleneck: {bottleneck} ({times[bottleneck] / total:.0%} of the chain: give it that share of the "
+          "actors)")
+    print(f"\n| GPUs (each as fast as {args.device} here) | projected images/s | limited by |\n|---:|---:|---|")
     for gpus in (int(g) for g in args.gpus.split(",")):
         compute = gpus / total
         limit = 1 / commit
-        print(f"| {gpus} | {min(compute, limit):.2f} | {'the stages (N / sum of stage times)' if compute < limit else 'the driver commit'} |")
+        print(f"| {gpus} | {min(compute, limit):.2f} | "
+              f"{'the stages: N / sum of stage times' if compute < limit else 'the driver committing to the store'} |")
     sys.stdout.flush()
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -314,22 +315,24 @@ class RayRunner:
         config = self.local.pipeline.config
         out_dir = str(self.local.out_dir.resolve())
         fault = os.environ.get(FAULT_ENV)
-        for stage in self.stages:
-            resources = self.resources[stage]
-            if resources.actors:
-                dataset = dataset.map_batches(
-                    _StageActor, batch_size=chunk, batch_format="numpy",
-                    fn_constructor_kwargs=dict(stage=stage, config=_worker_config(config, resources),
-                                               out_dir=out_dir, fault=fault),
-                    compute=ray.data.ActorPoolStrategy(size=resources.actors),
-                    num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-                    max_restarts=self.options.max_restarts, max_task_retries=self.options.max_task_retries,
-                )
-            else:
-                dataset = dataset.map_batches(
-                    _stage_task, batch_size=chunk, batch_format="numpy",
-                    fn_kwargs=dict(stage=stage, config=config, out_dir=out_dir),
-                    num_cpus=resources.num_cpus or 1.0, max_retries=self.options.max_task_retries,
-                )
+        with warnings.catch_warnings():  # Ray 2.60: remote args (our restart and retry counts) are to be renamed
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            for stage in self.stages:
+                resources = self.resources[stage]
+                if resources.actors:
+                    dataset = dataset.map_batches(
+                        _StageActor, batch_size=chunk, batch_format="numpy",
+                        fn_constructor_kwargs=dict(stage=stage, config=_worker_config(config, resources),
+                                                   out_dir=out_dir, fault=fault),
+                        compute=ray.data.ActorPoolStrategy(size=resources.actors),
+                        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+                        max_restarts=self.options.max_restarts, max_task_retries=self.options.max_task_retries,
+                    )
+                else:
+                    dataset = dataset.map_batches(
+                        _stage_task, batch_size=chunk, batch_format="numpy",
+                        fn_kwargs=dict(stage=stage, config=config, out_dir=out_dir),
+                        num_cpus=resources.num_cpus or 1.0, max_retries=self.options.max_task_retries,
+                    )
         for row in dataset.iter_rows():
             yield _decode(row["item"])
