@@ -257,9 +257,9 @@ class _FlakyLLMServer:
                     time.sleep(3)
                 if broken and mode == "garbage":
                     return self._send(b"\x00\xffnot json")
-                self._send(json.dumps({"choices": [{"message": {"content": "dog"}, "finish_reason": "stop"}]}).encode())
                 if outer.posts == healthy and mode == "down":
-                    threading.Thread(target=outer.close, daemon=True).start()
+                    outer.close()  # before answering: the client's next connect is refused, never half-accepted
+                self._send(json.dumps({"choices": [{"message": {"content": "dog"}, "finish_reason": "stop"}]}).encode())
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True  # a hanging answer must not hold up closing the server
