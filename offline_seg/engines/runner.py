@@ -321,6 +321,7 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     classes = list(c.classes.names)
     llm = c.llm or f"{weights}/llm"
     prompts = str(c.prompts_dir) if c.prompts_dir else "builtin"
+    refiner = [c.refiner, c.embedder or f"{weights}/embedder"]  # how phrases and captions become labels
     keys: dict[str, str] = {}
     keys["tag"] = settings_key("tag", weights)
     keys["caption"] = settings_key("caption", weights, c.use_caption)
@@ -330,12 +331,13 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
         keys["labels"] = settings_key("labels-given", list(c.labels), classes)
     else:
         keys["labels"] = settings_key("labels", keys["tag"], keys["caption"], c.pre_refine, llm, c.constrained,
-                                      prompts, classes)
+                                      prompts, classes, *refiner)
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"])
     else:
         keys["detect"] = settings_key("detect", keys["labels"], weights, c.box_threshold, c.text_threshold, c.nms_iou)
-    keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
+    keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts,
+                                       *refiner)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
     keys["segment"] = settings_key("segment", segment_input, c.segmenter or f"sam:{weights}", c.num_points)
     keys["write"] = settings_key("write", keys["segment"])
