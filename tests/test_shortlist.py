@@ -46,7 +46,7 @@ class ChoosingLLM:
 
 
 def _refiner(llm=None, **settings):
-    embeddings = LabelEmbeddings(TableEmbedder(), CLASSES)
+    embeddings = LabelEmbeddings(TableEmbedder(), CLASSES, template="{}")  # the table holds bare words
     return GuidedRefiner(embeddings, Refiner(llm, CLASSES) if llm else None, ShortlistSettings(**settings))
 
 

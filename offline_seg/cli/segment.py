@@ -21,6 +21,14 @@ def _refiner_options() -> list:
                      help="hybrid: exact match, then a sentence embedding, the LLM only among a short list when "
                      "the embedding is undecided; embed: no LLM at all; llm: the paper's LLM-only refinement."),
         click.option("--embedder", help="Sentence-embedding model dir (default: WEIGHTS/embedder)."),
+        click.option("--examples", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Few-shot examples for pre-refinement (the paper's supplementary): N images of "
+                     "--examples-from, their ground-truth labels and the LLM's explanation of each."),
+        click.option("--examples-from", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="Annotated set for --examples: a dataset root with images and label maps "
+                     "(e.g. JPEGImages + SegmentationClass)."),
+        click.option("--min-labels", type=click.IntRange(min=0), default=0, show_default=True,
+                     help='Pre-refinement prompt hint "at least N labels" (dense street scenes); 0 = off.'),
     ]
 
 
@@ -94,6 +102,9 @@ def _build_config(
     prompts_dir,
     refiner="hybrid",
     embedder=None,
+    examples=0,
+    examples_from=None,
+    min_labels=0,
 ):
     """The PipelineConfig the shared segment/run options describe."""
     from offline_seg.pipeline import PipelineConfig
@@ -122,6 +133,9 @@ def _build_config(
         prompts_dir=prompts_dir,
         refiner=refiner,
         embedder=embedder,
+        examples=examples,
+        examples_from=examples_from,
+        min_labels=min_labels,
     )
 
 

@@ -23,6 +23,7 @@ from offline_seg.types import Recognition
 logger = logging.getLogger(__name__)
 
 REFINER_MODES = ("hybrid", "embed", "llm")
+TEMPLATE = "a photo of a {}"  # how a label or phrase is put to the embedder (measured: README)
 DEFAULT_REFINER = "hybrid"
 
 # Caption words that never name a class: left out of the embedding candidates.
@@ -47,12 +48,12 @@ class ShortlistSettings:
 
     accept: float = 0.6  # top-1 similarity from which the embedding decides ...
     margin: float = 0.1  # ... when the runner-up is this far behind
-    reject: float = 0.3  # below this top-1 similarity the phrase is nothing of the list (background)
+    reject: float = 0.5  # below this top-1 similarity the phrase is nothing of the list (background)
+    # A phrase as close to its runner-up as this points at no label in particular:
+    # background without an LLM (a lion is as near to cat as to dog), the LLM's choice in hybrid mode.
+    tie: float = 0.04
     top_k: int = 3  # labels the LLM chooses among (plus background)
-    candidate: float = 0.55  # pre-refinement: a tag/caption term this close to a label proposes it
-
-    def key(self) -> str:
-        return f"{self.accept}:{self.margin}:{self.reject}:{self.top_k}:{self.candidate}"
+    candidate: float = 0.7  # pre-refinement: a tag/caption term this close to a label proposes it
 
 
 def label_text(label: str) -> str:
@@ -64,18 +65,21 @@ class LabelEmbeddings:
     """The foreground labels of a class list as unit vectors, with optional per-label descriptions
     (`label → text`, e.g. synonyms) embedded in place of the bare name."""
 
-    def __init__(self, embedder: Embedder, classes: ClassList, descriptions: Mapping[str, str] | None = None):
+    def __init__(self, embedder: Embedder, classes: ClassList, descriptions: Mapping[str, str] | None = None,
+                 template: str = TEMPLATE):
         self.embedder = embedder
         self.classes = classes
+        self.template = template
         self.labels = list(classes.foreground)
         descriptions = descriptions or {}
-        self.vectors = embedder.encode([descriptions.get(label, label_text(label)) for label in self.labels])
+        self.vectors = embedder.encode([template.format(descriptions.get(label, label_text(label)))
+                                        for label in self.labels])
 
     def similarities(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), len(foreground)) cosine similarities."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.embedder.encode([label_text(t) for t in texts]) @ self.vectors.T
+        return self.embedder.encode([self.template.format(label_text(t)) for t in texts]) @ self.vectors.T
 
     def ranked(self, texts: Sequence[str]) -> list[list[tuple[str, float]]]:
         """Per text, every foreground label with its similarity, best first."""
@@ -130,7 +134,8 @@ class GuidedRefiner:
                 unknown.append(phrase)
         for phrase, ranking in zip(unknown, self.embeddings.ranked(unknown)):
             (best, top), runner_up = ranking[0], (ranking[1][1] if len(ranking) > 1 else -1.0)
-            if top < s.reject:
+            tied = top - runner_up < s.tie
+            if top < s.reject or (tied and self.llm_refiner is None):
                 self._decided[phrase] = Decision(None, "reject")
             elif self.llm_refiner is None or (top >= s.accept and top - runner_up >= s.margin):
                 self._decided[phrase] = Decision(best, "embed")
