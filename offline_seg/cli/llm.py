@@ -96,12 +96,12 @@ def llm_refine(phrases_file: Path | None, captions_file: Path | None, out_dir: P
     background = pipeline.config.classes.background
     if phrases_file is not None:
         phrases = _lines(phrases_file)
-        labels = pipeline.refiner.post_refine(phrases).labels
+        labels = pipeline.refiner.post_refine(phrases).labels  # the pipeline's refiner, as `run` builds it
         for phrase, label in zip(phrases, labels):
             click.echo(f"{phrase}\t{label or background}")
         return
     texts = _lines(captions_file)
-    results = pipeline.refiner.pre_refine([Recognition.from_text(text) for text in texts])
+    results = pipeline.scene_labels([Recognition.from_text(text) for text in texts])  # as `run` does
     for text, (labels, _) in zip(texts, results):
         click.echo(f"{text}\t{', '.join(labels)}")
 
