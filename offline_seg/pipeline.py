@@ -25,7 +25,8 @@ from offline_seg.llm.cache import default_cache_dir
 from offline_seg.models.embedder import load_embedder
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.stages.examples import Example, build_examples, common_labels, with_additions
-from offline_seg.stages.shortlist import DEFAULT_REFINER, REFINER_MODES, Embedder, GuidedRefiner, LabelEmbeddings
+from offline_seg.stages.shortlist import (DEFAULT_REFINER, REFINER_MODES, Embedder, GuidedRefiner, LabelEmbeddings,
+                                          resolve_mode)
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
 from offline_seg.stages.segmenter import Segmenter, load_segmenter
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
@@ -59,7 +60,8 @@ class PipelineConfig:
     prompts_dir: Path | None = None
     # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
     phrase_cache_dir: Path | None = field(default_factory=default_cache_dir)
-    refiner: str = DEFAULT_REFINER  # "hybrid" (embedding + LLM on a shortlist), "embed" (no LLM), "llm" (paper)
+    # "hybrid" (embedding + LLM on a shortlist), "embed" (no LLM), "llm" (paper); "auto": hybrid on CUDA, else embed
+    refiner: str = DEFAULT_REFINER
     embedder: str | None = None  # sentence-embedding model dir; default: <weights>/embedder
     examples: int = 0  # few-shot examples for pre-refinement (the paper's supplementary), from `examples_from`
     examples_from: Path | None = None  # an annotated set: images + ground-truth label maps
@@ -73,8 +75,13 @@ class PipelineConfig:
             self.ground_truth_dir = Path(self.ground_truth_dir)
         if self.refiner not in REFINER_MODES:
             raise InvalidInputError(f"unknown refiner {self.refiner!r}; choose one of {', '.join(REFINER_MODES)}")
-        if self.examples and (self.examples_from is None or self.refiner == "embed"):
+        if self.examples and (self.examples_from is None or self.refiner_mode == "embed"):
             raise InvalidInputError("few-shot examples need --examples-from DIR and an LLM (not --refiner embed)")
+
+    @property
+    def refiner_mode(self) -> str:
+        """The refiner mode this run uses (`auto` resolved by device)."""
+        return resolve_mode(self.refiner, self.device)
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly settings, written next to every result."""
@@ -160,8 +167,8 @@ class Pipeline:
         """The refiner of `config.refiner`: the LLM alone, the embedding alone, or both (shortlists)."""
         if self._refiner is None:
             c = self.config
-            llm_refiner = self._llm_refiner() if c.refiner != "embed" else None
-            if c.refiner == "llm":
+            llm_refiner = self._llm_refiner() if c.refiner_mode != "embed" else None
+            if c.refiner_mode == "llm":
                 self._refiner = llm_refiner
             else:
                 self._refiner = GuidedRefiner(LabelEmbeddings(self.embedder, c.classes), llm_refiner)

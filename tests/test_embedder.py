@@ -71,7 +71,8 @@ def test_llm_refine_prints_phrase_and_label(minilm_dir, tmp_path):
 def test_llm_refine_hybrid_runs_the_tiny_llm_on_a_shortlist(tiny_weights, tmp_path):
     phrases = tmp_path / "phrases.txt"
     phrases.write_text("puppy\ncat\nsomething odd\n")
-    result = CliRunner().invoke(main, ["llm", "refine", "--weights", str(tiny_weights), "--phrases", str(phrases)])
+    result = CliRunner().invoke(main, ["llm", "refine", "--weights", str(tiny_weights), "--refiner", "hybrid",
+                                       "--phrases", str(phrases)])
     assert result.exit_code == 0, result.output
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert [phrase for phrase, _ in lines] == ["puppy", "cat", "something odd"]

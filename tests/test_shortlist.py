@@ -112,3 +112,12 @@ def test_recognition_round_trips_through_its_text(text, tags, caption):
     recognition = Recognition.from_text(text)
     assert (recognition.tags, recognition.caption) == (tags, caption)
     assert recognition.text == text
+
+
+def test_auto_mode_is_hybrid_on_cuda_and_embed_on_cpu():
+    from offline_seg import PipelineConfig
+    from offline_seg.stages.shortlist import resolve_mode
+
+    assert [resolve_mode("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["embed", "hybrid", "hybrid"]
+    assert resolve_mode("llm", "cpu") == "llm"
+    assert PipelineConfig().refiner_mode == "embed" and PipelineConfig(device="cuda").refiner_mode == "hybrid"

@@ -19,7 +19,8 @@ def _refiner_options() -> list:
     return [
         click.option("--refiner", type=click.Choice(REFINER_MODES), default=DEFAULT_REFINER, show_default=True,
                      help="hybrid: exact match, then a sentence embedding, the LLM only among a short list when "
-                     "the embedding is undecided; embed: no LLM at all; llm: the paper's LLM-only refinement."),
+                     "the embedding is undecided; embed: no LLM at all; llm: the paper's LLM-only refinement; "
+                     "auto: hybrid on a CUDA device, embed otherwise."),
         click.option("--embedder", help="Sentence-embedding model dir (default: WEIGHTS/embedder)."),
         click.option("--examples", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Few-shot examples for pre-refinement (the paper's supplementary): N images of "
@@ -100,7 +101,7 @@ def _build_config(
     box_threshold,
     text_threshold,
     prompts_dir,
-    refiner="hybrid",
+    refiner="auto",
     embedder=None,
     examples=0,
     examples_from=None,

@@ -322,7 +322,7 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     llm = c.llm or f"{weights}/llm"
     prompts = str(c.prompts_dir) if c.prompts_dir else "builtin"
     # how phrases and captions become labels
-    refiner = [c.refiner, c.embedder or f"{weights}/embedder", c.examples, str(c.examples_from), c.min_labels]
+    refiner = [c.refiner_mode, c.embedder or f"{weights}/embedder", c.examples, str(c.examples_from), c.min_labels]
     keys: dict[str, str] = {}
     keys["tag"] = settings_key("tag", weights)
     keys["caption"] = settings_key("caption", weights, c.use_caption)

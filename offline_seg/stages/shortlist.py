@@ -22,9 +22,17 @@ from offline_seg.types import Recognition
 
 logger = logging.getLogger(__name__)
 
-REFINER_MODES = ("hybrid", "embed", "llm")
+REFINER_MODES = ("auto", "hybrid", "embed", "llm")
 TEMPLATE = "a photo of a {}"  # how a label or phrase is put to the embedder (measured: README)
-DEFAULT_REFINER = "hybrid"
+DEFAULT_REFINER = "auto"  # hybrid on a GPU, embed on a CPU (see `resolve_mode` and the README's table)
+
+
+def resolve_mode(mode: str, device: str) -> str:
+    """`auto` → `hybrid` where an LLM is fast (a CUDA device), else `embed`: measured on CPU, the small LLM
+    that fits there never beat the embedding on the shortlist, and loading a large one costs minutes."""
+    if mode != "auto":
+        return mode
+    return "hybrid" if device.startswith("cuda") else "embed"
 
 # Caption words that never name a class: left out of the embedding candidates.
 _STOPWORDS = frozenset(
@@ -49,8 +57,8 @@ class ShortlistSettings:
     accept: float = 0.6  # top-1 similarity from which the embedding decides ...
     margin: float = 0.1  # ... when the runner-up is this far behind
     reject: float = 0.5  # below this top-1 similarity the phrase is nothing of the list (background)
-    # A phrase as close to its runner-up as this points at no label in particular:
-    # background without an LLM (a lion is as near to cat as to dog), the LLM's choice in hybrid mode.
+    # A phrase as close to its runner-up as this points at no label in particular: background (a lion is
+    # as near to cat as to dog). Measured: the CPU-sized LLM never answered background on such phrases.
     tie: float = 0.04
     top_k: int = 3  # labels the LLM chooses among (plus background)
     candidate: float = 0.7  # pre-refinement: a tag/caption term this close to a label proposes it
@@ -135,7 +143,7 @@ class GuidedRefiner:
         for phrase, ranking in zip(unknown, self.embeddings.ranked(unknown)):
             (best, top), runner_up = ranking[0], (ranking[1][1] if len(ranking) > 1 else -1.0)
             tied = top - runner_up < s.tie
-            if top < s.reject or (tied and self.llm_refiner is None):
+            if top < s.reject or tied:
                 self._decided[phrase] = Decision(None, "reject")
             elif self.llm_refiner is None or (top >= s.accept and top - runner_up >= s.margin):
                 self._decided[phrase] = Decision(best, "embed")
