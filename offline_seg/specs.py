@@ -35,9 +35,11 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "llm": ("transformers", "vllm", "openai"),
     "detector": ("grounding_dino",),
     "segmenter": ("sam", "onnx"),
+    "embedder": ("minilm",),  # refinement's sentence embedder: small (90 MB), left out of the memory plan
 }
 COMPONENTS = {"ram_plus": "ram_plus", "blip2": "blip2", "transformers": "llm", "vllm": "llm",
-              "grounding_dino": "grounding_dino", "sam": "sam", "onnx": "sam_onnx"}
+              "grounding_dino": "grounding_dino", "sam": "sam", "onnx": "sam_onnx",
+              "minilm": "embedder"}
 OFF_GPU_BACKENDS = ("onnx", "openai")  # ONNX Runtime on the CPU; a server in another process/host
 DTYPES = ("fp32", "fp16", "bf16")
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "auto": None, "": None}
@@ -243,15 +245,15 @@ class ChainSpec:
         by_stage = {m.stage: m for m in models}
         return replace(self, models=tuple(by_stage.get(m.stage, m) for m in self.models))
 
-    def missing_files(self, weights_dir: Path | str | None = None,
-                      skip: Iterable[str] = ()) -> list[tuple[Path, str]]:
+    def missing_files(self, weights_dir: Path | str | None = None, skip: Iterable[str] = (),
+                      extra: Iterable[ModelSpec] = ()) -> list[tuple[Path, str]]:
         """Every file the configured models (but those of the `skip` stages) need and do not find, as
         (path, weights component), by the manifest's `required` lists."""
         from offline_seg.weights import WeightsDir
 
         store = WeightsDir(weights_dir or Path("weights"))
         missing: list[tuple[Path, str]] = []
-        for spec in self.models:
+        for spec in (*self.models, *extra):
             if spec.backend == "openai" or spec.stage in set(skip):
                 continue
             path = Path(spec.path)
@@ -262,9 +264,11 @@ class ChainSpec:
             missing.extend((path / name, spec.component) for name in store.missing_in(spec.component, path))
         return missing
 
-    def preflight(self, weights_dir: Path | str | None = None, skip: Iterable[str] = ()) -> None:
-        """Stop before any image when a model file is missing: all of them, in one error."""
-        missing = self.missing_files(weights_dir, skip)
+    def preflight(self, weights_dir: Path | str | None = None, skip: Iterable[str] = (),
+                  extra: Iterable[ModelSpec] = ()) -> None:
+        """Stop before any image when a model file is missing (of the chain's models and `extra` ones, e.g.
+        the refiner's embedder): all of them, in one error."""
+        missing = self.missing_files(weights_dir, skip, extra)
         if missing:
             raise MissingWeightsError.of(missing, weights_dir=weights_dir)
 
@@ -289,6 +293,8 @@ def chain_spec(config: Any) -> ChainSpec:
     chain = ChainSpec(models=(), steps=tuple(steps), labels_from=labels_from, boxes_from=boxes_from,
                       post_refine=bool(config.post_refine) and not config.oracle_boxes)
     wanted = {model for _, model in chain.model_steps}
+    if getattr(config, "refiner_mode", "llm") == "embed":  # refinement by the sentence embedder alone
+        wanted.discard("llm")
     texts = {"llm": config.llm, "segmenter": config.segmenter,
              "captioner": _quant_spec(getattr(config, "captioner_quant", None))}
     models = tuple(parse_spec(texts.get(stage), stage, weights, device) for stage in MODELS if stage in wanted)

@@ -22,6 +22,12 @@ class Recognition:
         tags = ", ".join(self.tags)
         return f"{tags}: {self.caption}" if self.caption else tags
 
+    @classmethod
+    def from_text(cls, text: str) -> Recognition:
+        """The inverse of `text`: `"a, b: a caption"` → tags (a, b) and the caption; no colon: tags only."""
+        tags, colon, caption = text.partition(":")
+        return cls(tuple(t.strip() for t in tags.split(",") if t.strip()), caption.strip() if colon else None)
+
 
 @dataclass
 class Detections:

@@ -13,6 +13,27 @@ from offline_seg.stages.points import STRATEGIES as POINT_STRATEGIES
 from offline_seg.cli.common import _class_list, _collect_images, _go_offline, _setup_logging, main
 
 
+def _refiner_options() -> list:
+    """How phrases and captions become class-list labels (see `offline-seg llm refine`)."""
+    from offline_seg.stages.shortlist import DEFAULT_REFINER, REFINER_MODES
+
+    return [
+        click.option("--refiner", type=click.Choice(REFINER_MODES), default=DEFAULT_REFINER, show_default=True,
+                     help="hybrid: exact match, then a sentence embedding, the LLM only among a short list when "
+                     "the embedding is undecided; embed: no LLM at all; llm: the paper's LLM-only refinement; "
+                     "auto: hybrid on a CUDA device, embed otherwise."),
+        click.option("--embedder", help="Sentence-embedding model dir (default: WEIGHTS/embedder)."),
+        click.option("--examples", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Few-shot examples for pre-refinement (the paper's supplementary): N images of "
+                     "--examples-from, their ground-truth labels and the LLM's explanation of each."),
+        click.option("--examples-from", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="Annotated set for --examples: a dataset root with images and label maps "
+                     "(e.g. JPEGImages + SegmentationClass)."),
+        click.option("--min-labels", type=click.IntRange(min=0), default=0, show_default=True,
+                     help='Pre-refinement prompt hint "at least N labels" (dense street scenes); 0 = off.'),
+    ]
+
+
 def _segment_options(func):
     options = [
         click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Class list preset (default: voc)."),
@@ -53,6 +74,7 @@ def _segment_options(func):
         click.option("--captioner-quant", type=click.Choice(["none", "int8", "int4"]),
                      help="BLIP-2 weights: none (16-bit) or bitsandbytes int8/int4 (default: the plan's choice)."),
         click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
+        *_refiner_options(),
         click.option("--no-phrase-cache", is_flag=True,
                      help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
         click.option("--box-threshold", type=float, default=0.18, show_default=True),
@@ -101,6 +123,11 @@ def _build_config(
     box_threshold,
     text_threshold,
     prompts_dir,
+    refiner="auto",
+    embedder=None,
+    examples=0,
+    examples_from=None,
+    min_labels=0,
 ):
     """The PipelineConfig the shared segment/run options describe."""
     from offline_seg.pipeline import PipelineConfig
@@ -135,6 +162,11 @@ def _build_config(
         box_threshold=box_threshold,
         text_threshold=text_threshold,
         prompts_dir=prompts_dir,
+        refiner=refiner,
+        embedder=embedder,
+        examples=examples,
+        examples_from=examples_from,
+        min_labels=min_labels,
     )
 
 

@@ -432,7 +432,8 @@ def stage_identities(pipeline: Pipeline) -> dict[str, str]:
     templates = PromptTemplates.load(c.prompts_dir) if uses_llm else None
     return {
         **{stage: identity(stage) for stage in ("tagger", "captioner", "detector", "segmenter")},
-        "llm": identity("llm") if uses_llm else "none",
+        "llm": identity("llm") if uses_llm and c.refiner_mode != "embed" else "none",
+        "embedder": identity("embedder") if uses_llm and c.refiner_mode != "llm" else "none",
         "prompts": settings_key(templates.pre_refine, templates.post_refine) if templates else "none",
     }
 
@@ -456,6 +457,8 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     classes = list(c.classes.names)
     llm = ids["llm"]
     prompts = ids["prompts"]
+    # how phrases and captions become labels
+    refiner = [c.refiner_mode, ids["embedder"], c.examples, str(c.examples_from), c.min_labels]
     keys: dict[str, str] = {}
     keys["tag"] = settings_key("tag", ids["tagger"])
     keys["caption"] = settings_key("caption", ids["captioner"], c.use_caption)
@@ -465,13 +468,14 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
         keys["labels"] = settings_key("labels-given", list(c.labels), classes)
     else:
         keys["labels"] = settings_key("labels", keys["tag"], keys["caption"], c.pre_refine, llm, c.constrained,
-                                      prompts, classes)
+                                      prompts, classes, *refiner)
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"], c.gt_box_expand, c.gt_box_jitter, c.seed)
     else:
         keys["detect"] = settings_key("detect", keys["labels"], ids["detector"], c.box_threshold, c.text_threshold,
                                       c.nms_iou)
-    keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
+    keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts,
+                                       *refiner)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
     # With no points the strategy changes nothing: box-only results are shared by every strategy.
     keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points,

@@ -18,6 +18,7 @@ WRITERS = {
     "grounding_dino": "grounding_dino",
     "sam": "sam",
     "llm": "llama",
+    "embedder": "minilm",
 }
 
 
