@@ -24,6 +24,16 @@ from offline_seg.llm.base import LLM, load_llm
 from offline_seg.llm.cache import default_cache_dir
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
+from offline_seg.stages.sam3 import (
+    MASK_THRESHOLD,
+    PRESENCE_THRESHOLD,
+    SCORE_THRESHOLD,
+    MaskReuseSegmenter,
+    Sam3Detector,
+    Sam3Thresholds,
+    is_sam3,
+    parse_detector,
+)
 from offline_seg.stages.segmenter import Segmenter, load_segmenter
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
@@ -56,11 +66,22 @@ class PipelineConfig:
     prompts_dir: Path | None = None
     # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
     phrase_cache_dir: Path | None = field(default_factory=default_cache_dir)
+    # "grounding-dino" (default: boxes, then SAM) or "sam3" / "sam3:DIR" (<weights>/sam3): SAM 3 detects and
+    # segments each label as a concept prompt; no post-refinement, no SAM pass, num_points does not apply.
+    detector: str | None = None
+    sam3_score_threshold: float = SCORE_THRESHOLD  # defaults: SAM 3's own post-processing
+    sam3_presence_threshold: float = PRESENCE_THRESHOLD
+    sam3_mask_threshold: float = MASK_THRESHOLD
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
         if self.num_points < 0:
             raise ValueError("num_points must be >= 0")
+        if is_sam3(self.detector):
+            self.sam3_thresholds()  # checks them
+            if self.segmenter is not None or self.oracle_boxes:
+                raise InvalidInputError("SAM 3 makes its own masks: --segmenter and --boxes gt do not combine "
+                                        "with --detector sam3")
         if self.ground_truth_dir is not None:
             self.ground_truth_dir = Path(self.ground_truth_dir)
 
@@ -73,6 +94,9 @@ class PipelineConfig:
         data["ground_truth_dir"] = str(self.ground_truth_dir) if self.ground_truth_dir else None
         data["phrase_cache_dir"] = str(self.phrase_cache_dir) if self.phrase_cache_dir else None
         return data
+
+    def sam3_thresholds(self) -> Sam3Thresholds:
+        return Sam3Thresholds(self.sam3_score_threshold, self.sam3_presence_threshold, self.sam3_mask_threshold)
 
 
 class Pipeline:
@@ -114,6 +138,10 @@ class Pipeline:
 
     @property
     def detector(self) -> Detector:
+        c = self.config
+        if self._detector is None and is_sam3(c.detector):
+            target = parse_detector(c.detector)[1]
+            self._detector = Sam3Detector(target or self.weights.path("sam3"), c.sam3_thresholds(), device=c.device)
         if self._detector is None:
             c = self.config
             self._detector = GroundingDinoDetector(
@@ -127,6 +155,8 @@ class Pipeline:
 
     @property
     def segmenter(self) -> Segmenter:
+        if self._segmenter is None and is_sam3(self.config.detector):
+            self._segmenter = MaskReuseSegmenter()  # the detections carry SAM 3's masks
         if self._segmenter is None:
             c = self.config
             self._segmenter = load_segmenter(c.segmenter, self.weights, num_points=c.num_points, device=c.device)
@@ -209,7 +239,10 @@ class Pipeline:
 
     def label_detections(self, detections: Sequence[Detections]) -> list[tuple[Detections, dict[str, str] | None]]:
         """Class-list labels for the detections of several images: post-refinement with all distinct
-        unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off."""
+        unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off. SAM 3's
+        detections are labelled already (each prompt is a class name): nothing to refine."""
+        if is_sam3(self.config.detector):
+            return [(d, None) for d in detections]
         if not self.config.post_refine:
             classes = self.config.classes
             return [(d.with_labels(labels_without_llm(d.phrases, classes)), None) for d in detections]

@@ -50,6 +50,9 @@ DETECTOR_WORKSPACE = GiB  # Grounding DINO at 800×1333: Swin-T 200×334 stage-1
 #                            encoder tokens × 256 fused with ≤ 256 text tokens, 900 queries
 SEGMENTER_BASE_WORKSPACE = GiB // 2  # SAM at 1024²: 64² tokens, neck, prompt decoder for all boxes
 SAM_IMAGE_SIZE = 1024  # + global-attention scores and the decomposed rel-pos bias: 2 × heads × tokens²
+SAM3_BASE_WORKSPACE = GiB  # SAM 3 at 1008²: 72² ViT tokens, FPN maps up to 288²×256, and per batch of 8 prompts
+#                            the DETR encoder/decoder (200 queries) and the mask head's 288² maps
+#                            + the ViT's global-attention scores: 2 × heads × tokens² (as for SAM)
 LLM_FIXED_WORKSPACE = GiB // 4  # a dequantized Linear, cuBLAS workspace, constrained-decoding masks
 # LLM KV cache: 2 (K, V) × layers × kv_heads × head_dim × bytes per token, for `sequences` prompts of
 # `context` tokens in flight. Defaults: the transformers backend's batch of 8; 1,024 tokens holds the
@@ -102,6 +105,12 @@ def _sam_defaults(variant: str = "vit_h") -> Any:
     from transformers import SamConfig
 
     return SamConfig(vision_config=dict(SAM_VARIANTS[variant]))
+
+
+def _sam3_defaults() -> Any:
+    from transformers import Sam3Config
+
+    return Sam3Config()  # defaults are facebook/sam3: ViT 1008² (32 layers, 1024 wide), CLIP-L text encoder
 
 
 def _llama3_8b_defaults() -> Any:
@@ -172,12 +181,18 @@ def stage_specs(
     llm: str | None = None,
     stages: Iterable[str] = ("tagger", "captioner", "llm", "detector", "segmenter"),
     llm_uses: int = 2,
+    detector: str | None = None,
 ) -> list[StageSpec]:
-    """The specs of `stages`, from the configs found in `weights_dir` (defaults where there are none)."""
+    """The specs of `stages`, from the configs found in `weights_dir` (defaults where there are none).
+    With `detector` sam3[:DIR] the detector is SAM 3 and there is no segmenter (SAM 3's masks are final)."""
     from offline_seg.models.ram_plus import CONFIG_NAME, RamPlusConfig
+    from offline_seg.stages.sam3 import parse_detector
 
     weights_dir = Path(weights_dir)
     wanted = set(stages)
+    detector_kind, detector_dir = parse_detector(detector)
+    if detector_kind == "sam3":
+        wanted.discard("segmenter")
     specs: list[StageSpec] = []
     if "tagger" in wanted:
         path = weights_dir / "ram_plus" / CONFIG_NAME
@@ -189,6 +204,9 @@ def stage_specs(
         "detector": ("grounding_dino", "Grounding DINO Swin-T", _grounding_dino_defaults,
                      "GroundingDinoForObjectDetection"),
     }
+    if detector_kind == "sam3":
+        sam3_dir = (detector_dir or weights_dir / "sam3").absolute()  # absolute: not under weights_dir
+        hf_stages["detector"] = (str(sam3_dir), "SAM 3", _sam3_defaults, "Sam3Model")
     for name in ("captioner", "detector"):
         if name not in wanted:
             continue
@@ -317,6 +335,10 @@ def _workspace(spec: StageSpec) -> int:
         return TAGGER_WORKSPACE // 2
     if spec.name == "captioner":
         return CAPTIONER_WORKSPACE // 2
+    if spec.name == "detector" and spec.config.model_type == "sam3":
+        vision = spec.config.vision_config.backbone_config
+        tokens = (vision.image_size // vision.patch_size) ** 2
+        return SAM3_BASE_WORKSPACE // 2 + 2 * vision.num_attention_heads * tokens**2
     if spec.name == "detector":
         return DETECTOR_WORKSPACE // 2
     if spec.name == "segmenter":
@@ -573,19 +595,22 @@ def plan_for(config: Any, gpu_bytes: int | str, options: PlanOptions | None = No
     """The plan for a `PipelineConfig`: only the stages its switches load, from its weights dir."""
     stages, llm_steps = _pipeline_stages(config)
     specs = stage_specs(getattr(config, "weights_dir", Path("weights")), segmenter=getattr(config, "segmenter", None),
-                        llm=getattr(config, "llm", None), stages=stages, llm_uses=len(llm_steps))
+                        llm=getattr(config, "llm", None), stages=stages, llm_uses=len(llm_steps),
+                        detector=getattr(config, "detector", None))
     gpu = parse_size(gpu_bytes) if isinstance(gpu_bytes, str) else int(gpu_bytes)
     steps = [step for step in STEP_NAMES if not step.startswith("llm") or step in llm_steps]
     return make_plan(profile_all(specs), gpu, options, steps=steps)
 
 
 def _pipeline_stages(config: Any) -> tuple[list[str], list[str]]:
-    """The stages a PipelineConfig loads, and which LLM steps it runs."""
+    """The stages a PipelineConfig loads, and which LLM steps it runs (SAM 3: no post-refinement)."""
+    from offline_seg.stages.sam3 import is_sam3
+
     if getattr(config, "oracle_boxes", False):
         return ["segmenter"], []
     given = getattr(config, "labels", None) is not None or getattr(config, "oracle_labels", False)
     pre = getattr(config, "pre_refine", True) and not given
-    post = getattr(config, "post_refine", True)
+    post = getattr(config, "post_refine", True) and not is_sam3(getattr(config, "detector", None))
     stages = ["detector", "segmenter"]
     if not given:
         stages.append("tagger")

@@ -24,20 +24,34 @@ from offline_seg.cli.common import _go_offline, _setup_logging, main
               help="Tokens per LLM sequence (prompt + reply) for the KV cache allowance.")
 @click.option("--weights", "weights_dir", type=click.Path(path_type=Path), default=Path("weights"), show_default=True,
               help="Read each model's config.json here when present (defaults: the manifest's models).")
+@click.option("--detector", help="sam3[:DIR]: plan SAM 3 as detector and segmenter (no SAM, no post-refinement).")
 @click.option("--all-cards", is_flag=True, help="Also print one line each for 8, 12, 16 and 24 GiB cards.")
 @click.option("-v", "--verbose", count=True)
 def plan_command(gpu_mem: str, dtype: str, llm_quant: str, captioner_quant: str, llm_backend: str, llm_seqs: int,
-                 llm_context: int, weights_dir: Path, all_cards: bool, verbose: int) -> None:
+                 llm_context: int, weights_dir: Path, all_cards: bool, verbose: int, detector: str | None = None) -> None:
     """GPU memory plan: per-stage weights and activations from the full-size architectures (built on the
     meta device, no weights needed), which stages stay resident, the load order and the peak."""
     _go_offline()
     _setup_logging(verbose)
-    from offline_seg.plan import PlanOptions, format_cards, format_plan, make_plan, parse_size, profile_all, stage_specs
+    from offline_seg.plan import (
+        STEP_NAMES,
+        PlanOptions,
+        format_cards,
+        format_plan,
+        make_plan,
+        parse_size,
+        profile_all,
+        stage_specs,
+    )
 
     options = PlanOptions(dtype=dtype, llm_quant=llm_quant, captioner_quant=captioner_quant, llm_sequences=llm_seqs,
                           llm_context=llm_context, llm_backend=llm_backend)
-    profiles = profile_all(stage_specs(weights_dir))
-    click.echo(format_plan(make_plan(profiles, parse_size(gpu_mem), options)))
+    from offline_seg.stages.sam3 import is_sam3
+
+    sam3 = is_sam3(detector)  # SAM 3's labels are class names: the LLM runs for pre-refinement only
+    profiles = profile_all(stage_specs(weights_dir, detector=detector, llm_uses=1 if sam3 else 2))
+    steps = [step for step in STEP_NAMES if not (sam3 and step == "llm (post)")]
+    click.echo(format_plan(make_plan(profiles, parse_size(gpu_mem), options, steps=steps)))
     if all_cards:
         click.echo()
         click.echo(format_cards(profiles, options))

@@ -10,6 +10,7 @@ import click
 from offline_seg.classes import PRESETS
 from offline_seg.errors import InvalidInputError
 from offline_seg.cli.common import _class_list, _collect_images, _go_offline, _setup_logging, main
+from offline_seg.stages.sam3 import MASK_THRESHOLD, PRESENCE_THRESHOLD, SCORE_THRESHOLD
 
 
 def _segment_options(func):
@@ -25,9 +26,10 @@ def _segment_options(func):
         click.option("--no-pre-refine", is_flag=True, help="Ablation: tags go straight to the detector."),
         click.option("--no-post-refine", is_flag=True, help="Ablation: detected phrases used as-is."),
         click.option("--points", "num_points", type=click.IntRange(min=0), default=20, show_default=True,
-                     help="Positive points per box for SAM's second pass; 0 = box only."),
+                     help="Positive points per box for SAM's second pass; 0 = box only. Does not apply to "
+                     "--detector sam3 (its masks are final)."),
         click.option("--labels", help='Given labels instead of recognition + pre-refinement, e.g. "cat, dog"; '
-                     '"gt": the classes in the ground truth (needs --gt).'),
+                     '"gt": the classes in the ground truth (needs --gt); "all": every class of the list.'),
         click.option("--boxes", type=click.Choice(["detect", "gt"]), default="detect", show_default=True,
                      help="gt: one box per connected component of each ground-truth class; no tagger, "
                      "captioner, LLM or detector is loaded (isolates the segmenter)."),
@@ -39,6 +41,17 @@ def _segment_options(func):
         click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
         click.option("--no-phrase-cache", is_flag=True,
                      help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
+        click.option("--detector", help="grounding-dino (default: boxes, then --segmenter) or sam3[:DIR] "
+                     "(WEIGHTS/sam3): SAM 3 detects and segments each label as a concept prompt; its labels are "
+                     "class names (no post-refinement) and its masks are final: SAM's two-pass point refinement "
+                     "(--points) and --segmenter do not apply."),
+        click.option("--sam3-score-threshold", type=click.FloatRange(0, 1), default=SCORE_THRESHOLD,
+                     show_default=True, help="SAM 3: keep instances with sigmoid(logit) x presence above this."),
+        click.option("--sam3-presence-threshold", type=click.FloatRange(0, 1), default=PRESENCE_THRESHOLD,
+                     show_default=True, help="SAM 3: drop a prompt whose presence score is below this "
+                     "(0: presence only scales the scores, as SAM 3's post-processing does)."),
+        click.option("--sam3-mask-threshold", type=click.FloatRange(0, 1), default=MASK_THRESHOLD,
+                     show_default=True, help="SAM 3: mask pixels with probability above this."),
         click.option("--box-threshold", type=float, default=0.18, show_default=True),
         click.option("--text-threshold", type=float, default=0.15, show_default=True),
         click.option("--prompts", "prompts_dir", type=click.Path(path_type=Path, file_okay=False),
@@ -79,22 +92,27 @@ def _build_config(
     box_threshold,
     text_threshold,
     prompts_dir,
+    detector=None,
+    sam3_score_threshold=SCORE_THRESHOLD,
+    sam3_presence_threshold=PRESENCE_THRESHOLD,
+    sam3_mask_threshold=MASK_THRESHOLD,
 ):
     """The PipelineConfig the shared segment/run options describe."""
     from offline_seg.pipeline import PipelineConfig
 
+    class_list = _class_list(preset, classes)
     oracle_labels = labels is not None and labels.strip().lower() == "gt"
     if (oracle_labels or boxes == "gt") and gt_dir is None:
         raise click.UsageError("--labels gt and --boxes gt need --gt DIR (ground-truth label maps)")
     return PipelineConfig(
-        classes=_class_list(preset, classes),
+        classes=class_list,
         weights_dir=weights_dir,
         device=device,
         use_caption=not no_caption,
         pre_refine=not no_pre_refine,
         post_refine=not no_post_refine,
         num_points=num_points,
-        labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels and not oracle_labels else None,
+        labels=_given_labels(labels, class_list) if labels and not oracle_labels else None,
         oracle_labels=oracle_labels,
         oracle_boxes=boxes == "gt",
         ground_truth_dir=gt_dir,
@@ -105,7 +123,18 @@ def _build_config(
         box_threshold=box_threshold,
         text_threshold=text_threshold,
         prompts_dir=prompts_dir,
+        detector=detector,
+        sam3_score_threshold=sam3_score_threshold,
+        sam3_presence_threshold=sam3_presence_threshold,
+        sam3_mask_threshold=sam3_mask_threshold,
     )
+
+
+def _given_labels(labels: str, classes) -> tuple[str, ...]:
+    """`--labels "cat, dog"`, or `all`: every class of the list but the background."""
+    if labels.strip().lower() == "all":
+        return tuple(classes.foreground)
+    return tuple(x.strip() for x in labels.split(",") if x.strip())
 
 
 def _run_segment(

@@ -25,6 +25,7 @@ from offline_seg.evaluation.oracle import boxes_from_ground_truth
 from offline_seg.io.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
 from offline_seg.engines.store import ResultStore, settings_key
+from offline_seg.stages.sam3 import is_sam3
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 from offline_seg.weights import sha256_file
 
@@ -169,6 +170,8 @@ class BatchRunner:
             stages = [s for s in stages if s not in ("tag", "caption")]
         elif not c.use_caption:
             stages.remove("caption")
+        if is_sam3(c.detector):  # its detections are class names already
+            stages.remove("post_refine")
         return stages
 
     # --- one stage over a chunk -----------------------------------------------------------------
@@ -291,7 +294,7 @@ class BatchRunner:
         classes = self.pipeline.config.classes
         stored = values["segment"]
         height, width = stored["size"]
-        masks = np.stack([decode_rle(m) for m in stored["masks"]]) if stored["masks"] else np.zeros((0, height, width), bool)
+        masks = _decode_masks(stored)
         instances = InstanceMasks(
             masks=masks, boxes=np.asarray(stored["boxes"], np.float32), scores=np.asarray(stored["scores"], np.float32),
             labels=list(stored["labels"]), points=[np.asarray(p, np.float32).reshape(-1, 2) for p in stored["points"]],
@@ -333,11 +336,16 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
                                       prompts, classes)
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"])
+    elif is_sam3(c.detector):  # detects and segments: its masks go into the detect value
+        keys["detect"] = settings_key("detect-sam3", keys["labels"], c.detector, weights, c.sam3_score_threshold,
+                                      c.sam3_presence_threshold, c.sam3_mask_threshold)
     else:
         keys["detect"] = settings_key("detect", keys["labels"], weights, c.box_threshold, c.text_threshold, c.nms_iou)
     keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
     keys["segment"] = settings_key("segment", segment_input, c.segmenter or f"sam:{weights}", c.num_points)
+    if is_sam3(c.detector):  # the detect stage's masks, reused
+        keys["segment"] = settings_key("segment-reuse", keys["detect"])
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 
@@ -364,12 +372,22 @@ def _detections_value(detections: Detections, labelled: bool = False) -> dict[st
     value = {"boxes": detections.boxes.tolist(), "scores": detections.scores.tolist(), "phrases": detections.phrases}
     if labelled:
         value["labels"] = list(detections.labels)
+    if detections.masks is not None:  # a detector that segments too (SAM 3): labels and masks are its own
+        value.update(labels=list(detections.labels), masks=[encode_rle(m) for m in detections.masks],
+                     size=list(detections.masks.shape[1:]))
     return value
 
 
 def _detections_from(value: dict[str, Any]) -> Detections:
     return Detections(np.asarray(value["boxes"], np.float32), np.asarray(value["scores"], np.float32),
-                      list(value["phrases"]), list(value.get("labels") or []))
+                      list(value["phrases"]), list(value.get("labels") or []),
+                      _decode_masks(value) if "masks" in value else None)
+
+
+def _decode_masks(value: dict[str, Any]) -> np.ndarray:
+    """(N, H, W) bool from a stored value's RLE `masks` and its image `size`."""
+    height, width = value["size"]
+    return np.stack([decode_rle(m) for m in value["masks"]]) if value["masks"] else np.zeros((0, height, width), bool)
 
 
 def _labelled_detections(values: dict[str, Any]) -> Detections:

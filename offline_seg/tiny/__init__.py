@@ -18,6 +18,7 @@ WRITERS = {
     "grounding_dino": "grounding_dino",
     "sam": "sam",
     "llm": "llama",
+    "sam3": "sam3",
 }
 
 
