@@ -85,13 +85,7 @@ def _image_processor(model_dir: Path, image_size: int) -> Any:
             config = data.get(key, {}) if key else data
             if config:
                 break
-    size = config.get("size") or {}
-    return Sam2PilProcessor(
-        size=int(size.get("height", image_size)) if isinstance(size, dict) else int(size),
-        image_mean=tuple(config.get("image_mean") or IMAGE_MEAN),
-        image_std=tuple(config.get("image_std") or IMAGE_STD),
-        rescale_factor=float(config.get("rescale_factor", 1 / 255)),
-    )
+    return Sam2PilProcessor.from_config(config, image_size, IMAGE_MEAN, IMAGE_STD)
 
 
 class Sam3Detector:

@@ -15,7 +15,6 @@ Deterministic given the seed.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -113,23 +112,11 @@ def write(model_dir: Path, seed: int = 0) -> Path:
     """Write config.json, model.safetensors, the tokenizer files and preprocessor_config.json."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    from offline_seg.tiny.sam import write_squash_preprocessor
+
     model, tokenizer = build(seed)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    preprocessor = {
-        "image_processor_type": "Sam3ImageProcessor",
-        "processor_class": "Sam3Processor",
-        "do_resize": True,
-        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "mask_size": {"height": IMAGE_SIZE // PATCH * 4, "width": IMAGE_SIZE // PATCH * 4},
-        "resample": 2,  # bilinear
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-        "do_convert_rgb": True,
-    }
-    (model_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    write_squash_preprocessor(model_dir, "Sam3", IMAGE_SIZE, IMAGE_SIZE // PATCH * 4, [0.5] * 3, [0.5] * 3)
     logger.debug("wrote tiny SAM 3 to %s", model_dir)
     return model_dir
