@@ -92,7 +92,8 @@ def test_text_embeddings_are_computed_once_per_class_list(tiny_weights, street, 
     assert encoded == [3, 1]  # only the new label goes through the text encoder
     assert set(again.instances.labels) <= {"dog", "bus", "person"}
     # cached embeddings give the same result as fresh ones
-    fresh = Pipeline(PipelineConfig(weights_dir=tiny_weights, detector="sam3")).segment(image, labels=["person", "dog", "car"])
+    fresh = Pipeline(PipelineConfig(weights_dir=tiny_weights, detector="sam3")).segment(
+        image, labels=["person", "dog", "car"])
     assert np.array_equal(fresh.class_map, first.class_map) and fresh.instances.labels == first.instances.labels
 
 

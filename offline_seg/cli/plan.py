@@ -28,7 +28,8 @@ from offline_seg.cli.common import _go_offline, _setup_logging, main
 @click.option("--all-cards", is_flag=True, help="Also print one line each for 8, 12, 16 and 24 GiB cards.")
 @click.option("-v", "--verbose", count=True)
 def plan_command(gpu_mem: str, dtype: str, llm_quant: str, captioner_quant: str, llm_backend: str, llm_seqs: int,
-                 llm_context: int, weights_dir: Path, all_cards: bool, verbose: int, detector: str | None = None) -> None:
+                 llm_context: int, weights_dir: Path, all_cards: bool, verbose: int,
+                 detector: str | None = None) -> None:
     """GPU memory plan: per-stage weights and activations from the full-size architectures (built on the
     meta device, no weights needed), which stages stay resident, the load order and the peak."""
     _go_offline()

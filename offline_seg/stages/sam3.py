@@ -129,6 +129,10 @@ class Sam3Detector:
             self._model = model.to(self.device).eval()
         return self._model
 
+    def clear_text_cache(self) -> None:
+        """Forget the cached text embeddings (a long-lived detector whose class list changed)."""
+        self._text.clear()
+
     def text_embeddings(self, labels: Sequence[str]) -> tuple[Any, Any]:
         """(features (N, T, D), mask (N, T)) of `labels`; only labels not seen before go through the text
         encoder, all of them in one call."""

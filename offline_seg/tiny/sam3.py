@@ -1,8 +1,8 @@
 """A tiny random SAM 3 (ViT + CLIP text encoder + DETR + mask head, 0.29M parameters) in transformers' format.
 
 The directory has what the real `facebook/sam3` dir has for the image detector: config.json (model_type
-"sam3"), model.safetensors, a CLIP BPE tokenizer (tokenizer.json, tokenizer_config.json) and preprocessor_config.json in `Sam3ImageProcessor`'s format (written by hand:
-that class needs torchvision). The tokenizer's BPE merges spell the class-list words, so class names are
+"sam3"), model.safetensors, a CLIP BPE tokenizer (tokenizer.json, tokenizer_config.json) and
+preprocessor_config.json in `Sam3ImageProcessor`'s format (written by hand: that class needs torchvision). The tokenizer's BPE merges spell the class-list words, so class names are
 real word tokens as in CLIP.
 
 transformers initialises the model near zero (every mask logit ~0, every score ~0.25), so, as for the
