@@ -38,6 +38,7 @@ MASK_THRESHOLD = 0.5
 PRESENCE_THRESHOLD = 0.0
 TEXT_LENGTH = 32  # `Sam3Processor` pads every prompt to 32 tokens (the text encoder's positions)
 PROMPT_BATCH = 8  # prompts decoded together against one image encoding
+MASK_CHUNK = 16  # instances upsampled to the image's size at once
 # `Sam3ImageProcessor`'s defaults, used where the weights dir's processor config says nothing.
 IMAGE_SIZE = 1008
 IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -197,12 +198,14 @@ class Sam3Detector:
         boxes = out.pred_boxes[row][keep].float() * torch.tensor([width, height, width, height], device=scores.device)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        probabilities = torch.nn.functional.interpolate(
-            out.pred_masks[row][keep].float()[None], size=(height, width), mode="bilinear", align_corners=False,
-        )[0].sigmoid()
-        count = int(keep.sum())
-        return Detections(boxes.cpu().numpy(), scores[keep].cpu().numpy(), [label] * count, [label] * count,
-                          (probabilities > self.thresholds.mask).cpu().numpy())
+        low_res = out.pred_masks[row][keep].float()
+        masks = np.concatenate([  # a few masks at a time: full-size float maps of every instance add up
+            (torch.nn.functional.interpolate(part[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+             .sigmoid() > self.thresholds.mask).cpu().numpy()
+            for part in low_res.split(MASK_CHUNK)
+        ])
+        count = len(masks)
+        return Detections(boxes.cpu().numpy(), scores[keep].cpu().numpy(), [label] * count, [label] * count, masks)
 
 
 def _empty(height: int, width: int) -> Detections:
