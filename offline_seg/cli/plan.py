@@ -34,19 +34,11 @@ def plan_command(gpu_mem: str, dtype: str, llm_quant: str, captioner_quant: str,
     meta device, no weights needed), which stages stay resident, the load order and the peak."""
     _go_offline()
     _setup_logging(verbose)
-    from offline_seg.plan import (
-        STEP_NAMES,
-        PlanOptions,
-        format_cards,
-        format_plan,
-        make_plan,
-        parse_size,
-        profile_all,
-        stage_specs,
-    )
+    from offline_seg.plan import PlanOptions, format_cards, format_plan, make_plan, parse_size, profile_all, stage_specs
 
     options = PlanOptions(dtype=dtype, llm_quant=llm_quant, captioner_quant=captioner_quant, llm_sequences=llm_seqs,
                           llm_context=llm_context, llm_backend=llm_backend)
+    from offline_seg.plan import STEP_NAMES
     from offline_seg.stages.sam3 import is_sam3
 
     sam3 = is_sam3(detector)  # SAM 3's labels are class names: the LLM runs for pre-refinement only
