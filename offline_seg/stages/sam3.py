@@ -59,6 +59,11 @@ def is_sam3(spec: str | None) -> bool:
     return parse_detector(spec)[0] == "sam3"
 
 
+def prompt_text(label: str) -> str:
+    """A class name as the noun phrase SAM 3 was trained on: `dining-table` -> `dining table`."""
+    return " ".join(label.replace("-", " ").replace("_", " ").lower().split())
+
+
 @dataclass(frozen=True)
 class Sam3Thresholds:
     """What counts as an instance: score (logit x presence), the concept's presence alone, mask pixels."""
@@ -142,7 +147,7 @@ class Sam3Detector:
         model = self.load()
         new = [label for label in dict.fromkeys(labels) if label not in self._text]
         if new:
-            tokens = self._tokenizer(new, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+            tokens = self._tokenizer([prompt_text(label) for label in new], padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                                      return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 features = model.get_text_features(input_ids=tokens["input_ids"],
