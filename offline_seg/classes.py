@@ -38,6 +38,47 @@ COCO81_ENTRIES = (
     (85, "clock"), (86, "vase"), (87, "scissors"), (88, "teddy-bear"), (89, "hair-drier"),
     (90, "toothbrush"),
 )
+# Long-list benchmarks. Their label maps give no pixel to a "background" class, so the background here has
+# no dataset id (-1): the ground truth's void (ADE20K and Pascal Context 0, COCO-Stuff 255) is ignored, as in
+# the standard protocols, and the background only names the pixels no detection covers.
+# ADE20K (SceneParsing, ADEChallengeData2016): ids 1..150 in objectInfo150 order, 0 = other (void).
+ADE20K_150 = (
+    "wall, building, sky, floor, tree, ceiling, road, bed, windowpane, grass, cabinet, sidewalk, person, earth, "
+    "door, table, mountain, plant, curtain, chair, car, water, painting, sofa, shelf, house, sea, mirror, rug, "
+    "field, armchair, seat, fence, desk, rock, wardrobe, lamp, bathtub, railing, cushion, base, box, column, "
+    "signboard, chest of drawers, counter, sand, sink, skyscraper, fireplace, refrigerator, grandstand, path, "
+    "stairs, runway, case, pool table, pillow, screen door, stairway, river, bridge, bookcase, blind, "
+    "coffee table, toilet, flower, book, hill, bench, countertop, stove, palm, kitchen island, computer, "
+    "swivel chair, boat, bar, arcade machine, hovel, bus, towel, light, truck, tower, chandelier, awning, "
+    "streetlight, booth, television receiver, airplane, dirt track, apparel, pole, land, bannister, escalator, "
+    "ottoman, bottle, buffet, poster, stage, van, ship, fountain, conveyer belt, canopy, washer, plaything, "
+    "swimming pool, stool, barrel, basket, waterfall, tent, bag, minibike, cradle, oven, ball, food, step, tank, "
+    "trade name, microwave, pot, animal, bicycle, lake, dishwasher, screen, blanket, sculpture, hood, sconce, "
+    "vase, traffic light, tray, ashcan, fan, pier, crt screen, plate, monitor, bulletin board, shower, "
+    "radiator, glass, clock, flag"
+)
+# COCO-Stuff-171 (stuffthingmaps): pixel value = COCO category id - 1; 80 things (0..89, with gaps) and
+# 91 stuff classes (91..181); 255 = unlabeled.
+COCO_STUFF_STUFF = (
+    "banner, blanket, branch, bridge, building-other, bush, cabinet, cage, cardboard, carpet, ceiling-other, "
+    "ceiling-tile, cloth, clothes, clouds, counter, cupboard, curtain, desk-stuff, dirt, door-stuff, fence, "
+    "floor-marble, floor-other, floor-stone, floor-tile, floor-wood, flower, fog, food-other, fruit, "
+    "furniture-other, grass, gravel, ground-other, hill, house, leaves, light, mat, metal, mirror-stuff, moss, "
+    "mountain, mud, napkin, net, paper, pavement, pillow, plant-other, plastic, platform, playingfield, "
+    "railing, railroad, river, road, rock, roof, rug, salad, sand, sea, shelf, sky-other, skyscraper, snow, "
+    "solid-other, stairs, stone, straw, structural-other, table, tent, textile-other, towel, tree, vegetable, "
+    "wall-brick, wall-concrete, wall-other, wall-panel, wall-stone, wall-tile, wall-wood, water-other, "
+    "waterdrops, window-blind, window-other, wood"
+)
+# Pascal Context-59 (the 59 most frequent classes of the 459; label maps in the common 59-class format:
+# ids 1..59 in this order, 0 = the other 400 classes and background, ignored).
+PASCAL_CONTEXT_59 = (
+    "aeroplane, bag, bed, bedclothes, bench, bicycle, bird, boat, book, bottle, building, bus, cabinet, car, "
+    "cat, ceiling, chair, cloth, computer, cow, cup, curtain, dog, door, fence, floor, flower, food, grass, "
+    "ground, horse, keyboard, light, motorbike, mountain, mouse, person, plate, platform, potted-plant, road, "
+    "rock, sheep, shelves, sidewalk, sign, sky, snow, sofa, table, track, train, tree, truck, tv-monitor, wall, "
+    "water, window, wood"
+)
 DRAM = "background, bird, boat, bottle, cat, chair, cow, dog, horse, person, potted-plant, sheep"
 DRAM_IDS = (0, 3, 4, 5, 8, 9, 10, 12, 13, 15, 16, 17)
 
@@ -45,6 +86,8 @@ _IRREGULAR_PLURALS = {
     "people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
     "knives": "knife", "leaves": "leaf", "shelves": "shelf", "geese": "goose", "feet": "foot",
     "teeth": "tooth", "wolves": "wolf", "calves": "calf", "buses": "bus", "glasses": "glass",
+    # plurals in -is of words ending in -i (the -is rule below keeps "tennis", "axis", "iris")
+    "skis": "ski", "taxis": "taxi", "kiwis": "kiwi", "bikinis": "bikini", "salamis": "salami",
 }
 _NO_SINGULAR = {"bus", "glass", "grass", "canvas", "cactus", "octopus", "asparagus", "hummus", "dress"}
 
@@ -52,10 +95,14 @@ _NO_SINGULAR = {"bus", "glass", "grass", "canvas", "cactus", "octopus", "asparag
 def _singular(word: str) -> str:
     if word in _IRREGULAR_PLURALS:
         return _IRREGULAR_PLURALS[word]
-    if word in _NO_SINGULAR or len(word) <= 3:
+    if word in _NO_SINGULAR:
+        return word
+    if len(word) == 3 and word.endswith("s") and not set(word[:2]) & set("aeiouy"):
+        return word[:2]  # abbreviations: "tvs", "pcs"
+    if len(word) <= 3:
         return word
     if word.endswith("ies"):
-        return word[:-3] + "y"
+        return word[:-1] if len(word) == 4 else word[:-3] + "y"  # "ties" -> "tie", "lorries" -> "lorry"
     if word.endswith(("ches", "shes", "sses", "xes", "zes")):
         return word[:-2]
     if word.endswith("s") and not word.endswith(("ss", "us", "is")):
@@ -80,6 +127,7 @@ class ClassList:
     ids: tuple[int, ...] = ()
     ignore_index: int = 255
     name: str = "custom"
+    void_ids: tuple[int, ...] = ()  # dataset ids meaning "not labelled" besides `ignore_index` (ADE20K's 0)
     _keys: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -114,11 +162,15 @@ class ClassList:
             raise InvalidInputError(f"class list file not found: {path}")
         names: list[str] = []
         ids: list[int] = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
             match = re.fullmatch(r"(\d+)\s*[:\t]\s*(.+)", line)
+            malformed = re.fullmatch(r"([^\s:,]+)\s*[:\t]\s*(.*)", line)
+            if not match and malformed:
+                raise InvalidInputError(f"{path}, line {number}: {malformed.group(1)!r} is not a dataset id "
+                                        "(write `id: name` with a whole number, or the name alone)")
             if match:
                 ids.append(int(match.group(1)))
                 names.append(match.group(2).strip())
@@ -126,6 +178,8 @@ class ClassList:
                 names.extend(part.strip() for part in line.split(",") if part.strip())
         if ids and len(ids) != len(names):
             raise InvalidInputError(f"{path}: give a dataset id on every line or on none")
+        if len(set(ids)) != len(ids):
+            raise InvalidInputError(f"{path}: a dataset id is given twice")
         return cls(tuple(names), tuple(ids), name=path.stem)
 
     @classmethod
@@ -176,12 +230,18 @@ class ClassList:
         inside = (ids >= 0) & (ids < len(table))
         return np.where(inside, table[np.clip(ids, 0, len(table) - 1)], self.ignore_index)
 
+    def unknown_ids(self, ids: np.ndarray) -> list[int]:
+        """Values in a ground-truth map that are neither a class's dataset id nor void: a wrong preset."""
+        known = {*self.ids, self.ignore_index, *self.void_ids}
+        return [int(v) for v in np.unique(np.asarray(ids)) if int(v) not in known]
+
     def lookup_table(self) -> np.ndarray:
         """uint8/int LUT from dataset id to class index (ignore_index elsewhere), for ground truth."""
         size = max(max(self.ids), self.ignore_index) + 1
         table = np.full(size, self.ignore_index, dtype=np.int64)
         for index, dataset_id in enumerate(self.ids):
-            table[dataset_id] = index
+            if dataset_id >= 0:  # -1: a class the ground truth never holds (the background of long lists)
+                table[dataset_id] = index
         return table
 
 
@@ -190,7 +250,9 @@ def _voc() -> ClassList:
 
 
 def _cityscapes() -> ClassList:
-    return ClassList(ClassList.parse(CITYSCAPES).names, CITYSCAPES_IDS, name="cityscapes")
+    # labelIds 0..33: the ones not evaluated (ego vehicle, static, ...) are void, not a wrong preset
+    void = tuple(i for i in range(34) if i not in CITYSCAPES_IDS)
+    return ClassList(ClassList.parse(CITYSCAPES).names, CITYSCAPES_IDS, name="cityscapes", void_ids=void)
 
 
 def _coco81() -> ClassList:
@@ -198,10 +260,36 @@ def _coco81() -> ClassList:
 
 
 def _dram() -> ClassList:
-    return ClassList(ClassList.parse(DRAM).names, DRAM_IDS, name="dram")
+    # DRAM's maps use the VOC ids; the VOC classes DRAM does not evaluate are void
+    return ClassList(ClassList.parse(DRAM).names, DRAM_IDS, name="dram",
+                     void_ids=tuple(i for i in range(21) if i not in DRAM_IDS))
 
 
-PRESETS = {"voc": _voc, "cityscapes": _cityscapes, "coco81": _coco81, "dram": _dram}
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
+
+
+def _ade20k() -> ClassList:
+    names = _names(ADE20K_150)
+    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="ade20k", void_ids=(0,))
+
+
+def _coco_stuff() -> ClassList:
+    things = COCO81_ENTRIES[1:]
+    stuff = _names(COCO_STUFF_STUFF)
+    names = ("background", *(name for _, name in things), *stuff)
+    ids = (-1, *(coco_id - 1 for coco_id, _ in things), *range(91, 91 + len(stuff)))
+    return ClassList(names, ids, name="coco-stuff")
+
+
+def _pascal_context() -> ClassList:
+    names = _names(PASCAL_CONTEXT_59)
+    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="pascal-context",
+                     void_ids=(0,))
+
+
+PRESETS = {"voc": _voc, "cityscapes": _cityscapes, "coco81": _coco81, "dram": _dram, "ade20k": _ade20k,
+           "coco-stuff": _coco_stuff, "pascal-context": _pascal_context}
 
 
 def parse_label_list(text: str, classes: ClassList) -> list[str]:

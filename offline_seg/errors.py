@@ -19,12 +19,31 @@ class MissingWeightsError(OfflineSegError, FileNotFoundError):
     def __init__(self, path: Path | str, component: str, weights_dir: Path | str | None = None):
         self.path = Path(path)
         self.component = component
+        self.missing = [(self.path, component)]
         target = f" --weights {weights_dir}" if weights_dir is not None else ""
         super().__init__(
             f"missing weights file for '{component}': {self.path}\n"
             f"  fetch it on a connected machine with: offline-seg weights pull {component}{target}\n"
             f"  then copy the weights directory here (see `offline-seg weights pack`)."
         )
+
+
+    @classmethod
+    def of(cls, missing: list[tuple[Path, str]], weights_dir: Path | str | None = None) -> MissingWeightsError:
+        """One error for several missing files, (path, component) each, with one pull command for all."""
+        first, component = missing[0]
+        error = cls(first, component, weights_dir)
+        if len(missing) > 1:
+            components = list(dict.fromkeys(c for _, c in missing))
+            target = f" --weights {weights_dir}" if weights_dir is not None else ""
+            lines = "\n".join(f"  - {path} ('{c}')" for path, c in missing)
+            error.args = (
+                f"{len(missing)} missing weights files:\n{lines}\n"
+                f"  fetch them on a connected machine with: offline-seg weights pull {' '.join(components)}{target}\n"
+                f"  then copy the weights directory here (see `offline-seg weights pack`).",
+            )
+        error.missing = list(missing)
+        return error
 
 
 class InvalidInputError(OfflineSegError, ValueError):

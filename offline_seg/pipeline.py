@@ -23,7 +23,8 @@ from offline_seg.io.images import load_image
 from offline_seg.llm.base import LLM, load_llm
 from offline_seg.llm.cache import default_cache_dir
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
-from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
+from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
+from offline_seg.stages.points import STRATEGIES
 from offline_seg.stages.sam3 import (
     MASK_THRESHOLD,
     PRESENCE_THRESHOLD,
@@ -31,10 +32,9 @@ from offline_seg.stages.sam3 import (
     MaskReuseSegmenter,
     Sam3Detector,
     Sam3Thresholds,
-    is_sam3,
-    parse_detector,
 )
-from offline_seg.stages.segmenter import Segmenter, load_segmenter
+from offline_seg.stages.segmenter import Segmenter, load_segmenter, resolve_point_prompt
+from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, is_sam3, parse_spec
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
 from offline_seg.weights import DEFAULT_WEIGHTS_DIR, WeightsDir
@@ -52,16 +52,22 @@ class PipelineConfig:
     use_caption: bool = True  # False: "w/o BLIP-2"
     pre_refine: bool = True  # False: "w/o pre-refinement" (tags go straight to the detector)
     post_refine: bool = True  # False: "w/o post-refinement" (phrases used as-is, unknown dropped)
-    num_points: int = 20  # 0: "w/o points" (box-only SAM)
+    num_points: int | None = None  # 0: "w/o points" (box-only SAM); None: the segmenter backend's default
+    point_strategy: str | None = None  # paper, spread, gated or mask; None: the segmenter backend's default
     labels: tuple[str, ...] | None = None  # given labels instead of recognition + pre-refinement
     box_threshold: float = 0.18
     text_threshold: float = 0.15
     nms_iou: float = 0.8
     llm: str | None = None  # backend spec, e.g. "transformers:DIR"; default: <weights>/llm
     segmenter: str | None = None  # "sam" (default, <weights>/sam), "sam:PATH", "onnx" (<weights>/sam_onnx), "onnx:DIR"
+    gpu_mem: str | None = None  # plan for a GPU of this size: it picks each model's precision and residency
+    captioner_quant: str | None = None  # BLIP-2 none/int8/int4 (bitsandbytes); None: the plan's choice
     oracle_labels: bool = False  # labels from the ground truth ("ground-truth labels" row)
     oracle_boxes: bool = False  # boxes from the ground truth's connected components (isolates the segmenter)
     ground_truth_dir: Path | None = None  # label maps matched by image file stem, in dataset ids
+    gt_box_expand: float = 0.0  # oracle boxes: each side out by this share of the box's width/height
+    gt_box_jitter: float = 0.0  # oracle boxes: each side shifted by up to ± this share, seeded by `seed`
+    seed: int = 0
     constrained: bool = True  # post-refinement answers are forced to be class-list members
     prompts_dir: Path | None = None
     # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
@@ -75,9 +81,14 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
+        backend = parse_spec(self.segmenter, "segmenter", self.weights_dir, self.device).backend
+        self.point_strategy, self.num_points = resolve_point_prompt(backend, self.point_strategy, self.num_points)
+        if self.point_strategy not in STRATEGIES:
+            raise InvalidInputError(f"unknown point strategy {self.point_strategy!r}; "
+                                    f"use one of: {', '.join(STRATEGIES)}")
         if self.num_points < 0:
             raise ValueError("num_points must be >= 0")
-        if is_sam3(self.detector):
+        if is_sam3(self.detector_spec):
             self.sam3_thresholds()  # checks them
             if self.segmenter is not None or self.oracle_boxes:
                 raise InvalidInputError("SAM 3 makes its own masks: --segmenter and --boxes gt do not combine "
@@ -89,11 +100,17 @@ class PipelineConfig:
         """JSON-friendly settings, written next to every result."""
         data = asdict(self)
         data["classes"] = self.classes.name
+        data["class_ids"] = list(self.classes.ids)  # dataset ids, for exports of the run
         data["weights_dir"] = str(self.weights_dir)
         data["prompts_dir"] = str(self.prompts_dir) if self.prompts_dir else None
         data["ground_truth_dir"] = str(self.ground_truth_dir) if self.ground_truth_dir else None
         data["phrase_cache_dir"] = str(self.phrase_cache_dir) if self.phrase_cache_dir else None
         return data
+
+    @property
+    def detector_spec(self) -> ModelSpec:
+        """The detector's description (`--detector`, parsed like every stage's model)."""
+        return parse_spec(self.detector, "detector", self.weights_dir, self.device)
 
     def sam3_thresholds(self) -> Sam3Thresholds:
         return Sam3Thresholds(self.sam3_score_threshold, self.sam3_presence_threshold, self.sam3_mask_threshold)
@@ -111,9 +128,19 @@ class Pipeline:
         llm: LLM | None = None,
         detector: Detector | None = None,
         segmenter: Segmenter | None = None,
+        chain: ChainSpec | None = None,
     ) -> None:
+        """`chain`: the models' descriptions to load from, e.g. as a memory plan filled them in
+        (`offline_seg.plan.fit_chain`); default: the config's, fitted to `config.gpu_mem` when given."""
         self.config = config or PipelineConfig()
         self.weights = WeightsDir(self.config.weights_dir)
+        # One description per model: the loaders below, the batch runner and the memory plan all read it.
+        self.chain: ChainSpec = chain or chain_spec(self.config)
+        self.memory_plan = None
+        if self.config.gpu_mem and chain is None:
+            from offline_seg.plan import fit_chain
+
+            self.chain, self.memory_plan = fit_chain(self.chain, self.config.gpu_mem)
         self._tagger = tagger
         self._captioner = captioner
         self._llm = llm
@@ -123,51 +150,64 @@ class Pipeline:
         self._injected = {name for name, stage in (("tagger", tagger), ("captioner", captioner), ("llm", llm),
                                                     ("detector", detector), ("segmenter", segmenter)) if stage is not None}
 
-    # --- stages, built on first use -------------------------------------------------------------
+    # --- stages, built on first use, exactly as their descriptions say ---------------------------
+    def model_spec(self, stage: str) -> ModelSpec:
+        """The description a stage's model is loaded from (a stage the chain does not run: its default)."""
+        c = self.config
+        texts = {"llm": c.llm, "segmenter": c.segmenter, "detector": c.detector}
+        return self.chain.model(stage) or parse_spec(texts.get(stage), stage, c.weights_dir, c.device)
+
+    def preflight(self) -> None:
+        """Stop before any image if a file of a configured (not injected) model is missing; names them all."""
+        self.chain.preflight(self.config.weights_dir, skip=self._injected)
+
     @property
     def tagger(self) -> Tagger:
         if self._tagger is None:
-            self._tagger = RamPlusTagger(self.weights.path("ram_plus"), device=self.config.device)
+            spec = self.model_spec("tagger")
+            self._tagger = RamPlusTagger(spec.path, device=spec.device, dtype=spec.torch_dtype())
         return self._tagger
 
     @property
     def captioner(self) -> Captioner:
         if self._captioner is None:
-            self._captioner = Blip2Captioner(self.weights.path("blip2"), device=self.config.device)
+            spec = self.model_spec("captioner")
+            self._captioner = Blip2Captioner(spec.path, device=spec.device, dtype=spec.torch_dtype(),
+                                             quantization=spec.quantization)
         return self._captioner
 
     @property
     def detector(self) -> Detector:
         c = self.config
-        if self._detector is None and is_sam3(c.detector):
-            target = parse_detector(c.detector)[1]
-            self._detector = Sam3Detector(target or self.weights.path("sam3"), c.sam3_thresholds(), device=c.device)
+        if self._detector is None and is_sam3(spec := self.model_spec("detector")):
+            self._detector = Sam3Detector(spec.path, c.sam3_thresholds(), device=spec.device)
         if self._detector is None:
-            c = self.config
+            spec = self.model_spec("detector")
             self._detector = GroundingDinoDetector(
-                self.weights.path("grounding_dino"),
+                spec.path,
                 box_threshold=c.box_threshold,
                 text_threshold=c.text_threshold,
                 nms_iou=c.nms_iou,
-                device=c.device,
+                device=spec.device,
+                dtype=spec.torch_dtype(),
             )
         return self._detector
 
     @property
     def segmenter(self) -> Segmenter:
-        if self._segmenter is None and is_sam3(self.config.detector):
+        if self._segmenter is None and self.chain.masks_from == "detector":
             self._segmenter = MaskReuseSegmenter()  # the detections carry SAM 3's masks
         if self._segmenter is None:
             c = self.config
-            self._segmenter = load_segmenter(c.segmenter, self.weights, num_points=c.num_points, device=c.device)
+            self._segmenter = load_segmenter(self.model_spec("segmenter"), num_points=c.num_points,
+                                             strategy=c.point_strategy)
         return self._segmenter
 
     @property
     def refiner(self) -> Refiner:
         if self._refiner is None:
             if self._llm is None:
-                spec = self.config.llm or str(self.weights.path("llm"))
-                self._llm = load_llm(spec, device=self.config.device)
+                self._llm = load_llm(self.model_spec("llm"))
             c = self.config
             templates = PromptTemplates.load(c.prompts_dir)
             cache = None
@@ -225,11 +265,18 @@ class Pipeline:
         classes = self.config.classes
         return [label for label in ensure_names(labels, classes) if label != classes.background]
 
+    def ground_truth_boxes(self, ground_truth: np.ndarray, name: str) -> Detections:
+        """The oracle's boxes for one image (`name` seeds its jitter), loosened as the config says."""
+        c = self.config
+        height, width = ground_truth.shape
+        return loosen_boxes(boxes_from_ground_truth(ground_truth, c.classes), (width, height), c.gt_box_expand,
+                            c.gt_box_jitter, c.seed, key=name)
+
     def fixed_labels(self, ground_truth: np.ndarray | None, labels: Sequence[str] | None = None) -> list[str] | None:
         """The detector's labels when they do not come from recognition: the ground truth's (oracle modes)
         or the user's (`labels`, else `config.labels`); None when recognition + pre-refinement decide."""
         c = self.config
-        if c.oracle_labels or c.oracle_boxes:
+        if self.chain.labels_from == "gt":
             return labels_from_ground_truth(ground_truth, c.classes)
         given = labels if labels is not None else c.labels
         return None if given is None else self.given_labels(given)
@@ -241,7 +288,7 @@ class Pipeline:
         """Class-list labels for the detections of several images: post-refinement with all distinct
         unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off. SAM 3's
         detections are labelled already (each prompt is a class name): nothing to refine."""
-        if is_sam3(self.config.detector):
+        if self.chain.masks_from == "detector":
             return [(d, None) for d in detections]
         if not self.config.post_refine:
             classes = self.config.classes
@@ -280,8 +327,8 @@ class Pipeline:
         replies: dict[str, object] = {}
         recognition: Recognition | None = None
         prompt_labels = self.fixed_labels(ground_truth, labels)
-        if c.oracle_boxes:
-            detections = boxes_from_ground_truth(ground_truth, c.classes)
+        if self.chain.boxes_from == "gt":
+            detections = self.ground_truth_boxes(ground_truth, name or "")
         else:
             if prompt_labels is None:
                 recognition = self.recognize(image)

@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from offline_seg.errors import InvalidInputError
 
@@ -29,7 +29,7 @@ MiB = 1024**2
 
 # --- assumptions --------------------------------------------------------------------------------
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-QUANTS = ("none", "int8", "int4")
+QUANTS = ("none", "int8", "int4", "awq", "gptq")
 # int8 (bitsandbytes LLM.int8): 1 byte per weight + one fp32 scale per output row.
 INT8_ROW_SCALE_BYTES = 4
 # int4: 0.5 byte per weight + one fp32 absmax per block of 64 (bitsandbytes nf4 as the transformers
@@ -37,6 +37,14 @@ INT8_ROW_SCALE_BYTES = 4
 # 4-bit zero per group) is 0.5195 byte/param, so this is the conservative end of "4-bit".
 INT4_BLOCK = 64
 INT4_BLOCK_SCALE_BYTES = 4
+# awq / gptq: a pre-quantized checkpoint, 4-bit weights in groups of 128 with an fp16 scale and a
+# 4-bit zero point per group (vLLM and transformers load them as they are).
+GROUP_QUANT_SIZE = 128
+GROUP_QUANT_BYTES = 2.5
+# A model description's quantization -> the byte arithmetic above (vLLM's in-flight bitsandbytes is
+# nf4; fp8 is one byte per weight with per-row scales, like int8).
+SPEC_QUANTS = {None: "none", "int8": "int8", "int4": "int4", "bitsandbytes": "int4", "fp8": "int8",
+               "awq": "awq", "gptq": "gptq"}
 # Weight-only quantizers convert Linear weights only; embeddings, norms, biases and the output head
 # (lm_head, tied or not) stay at the compute dtype, and `_keep_in_fp32_modules` stay fp32.
 
@@ -67,6 +75,9 @@ VLLM_MAX_MODEL_LEN = 2048  # `llm serve` default; the KV cache holds at least th
 CARDS_GIB = (8, 12, 16, 24)
 CHAIN = ("tagger", "captioner", "llm", "detector", "llm", "segmenter")  # stage-major order of one chunk
 STEP_NAMES = ("tagger", "captioner", "llm (pre)", "detector", "llm (post)", "segmenter")
+# The batch runner's steps (offline_seg.specs.STEPS) as the plan names them.
+STEP_LABELS = {"tag": "tagger", "caption": "captioner", "labels": "llm (pre)", "detect": "detector",
+               "post_refine": "llm (post)", "segment": "segmenter"}
 
 
 # --- default full-size configs --------------------------------------------------------------------
@@ -168,66 +179,47 @@ def _hf_config(directory: Path) -> Any | None:
     return AutoConfig.for_model(model_type, **data)
 
 
-def _spec_path(spec: str | None, backend_default: str) -> tuple[str, Path | None]:
-    """`backend:PATH` -> (backend, PATH); a bare `backend` -> (backend, None)."""
-    backend, _, target = (spec or backend_default).partition(":")
-    return backend, Path(target) if target else None
-
-
-def stage_specs(
-    weights_dir: Path | str = Path("weights"),
-    *,
-    segmenter: str | None = None,
-    llm: str | None = None,
-    stages: Iterable[str] = ("tagger", "captioner", "llm", "detector", "segmenter"),
-    llm_uses: int = 2,
-    detector: str | None = None,
-) -> list[StageSpec]:
-    """The specs of `stages`, from the configs found in `weights_dir` (defaults where there are none).
-    With `detector` sam3[:DIR] the detector is SAM 3 and there is no segmenter (SAM 3's masks are final)."""
+def stage_specs(chain: Any) -> list[StageSpec]:
+    """The full-size architectures of a `ChainSpec`'s models on the GPU plan, from the configs found at
+    their paths (the default models' configs where there are none)."""
     from offline_seg.models.ram_plus import CONFIG_NAME, RamPlusConfig
-    from offline_seg.stages.sam3 import parse_detector
+    from offline_seg.specs import is_sam3
 
-    weights_dir = Path(weights_dir)
-    wanted = set(stages)
-    detector_kind, detector_dir = parse_detector(detector)
-    if detector_kind == "sam3":
-        wanted.discard("segmenter")
     specs: list[StageSpec] = []
-    if "tagger" in wanted:
-        path = weights_dir / "ram_plus" / CONFIG_NAME
-        config, source = (RamPlusConfig.load(path), str(path)) if path.is_file() else (_ram_plus_defaults(), "defaults")
-        specs.append(StageSpec("tagger", "RAM++ Swin-L" if source == "defaults" else "RAM++", source, config,
-                               _build_ram_plus))
-    hf_stages = {
-        "captioner": ("blip2", "BLIP-2 OPT-2.7b", _blip2_defaults, "Blip2ForConditionalGeneration"),
-        "detector": ("grounding_dino", "Grounding DINO Swin-T", _grounding_dino_defaults,
-                     "GroundingDinoForObjectDetection"),
-    }
-    if detector_kind == "sam3":
-        sam3_dir = (detector_dir or weights_dir / "sam3").absolute()  # absolute: not under weights_dir
-        hf_stages["detector"] = (str(sam3_dir), "SAM 3", _sam3_defaults, "Sam3Model")
-    for name in ("captioner", "detector"):
-        if name not in wanted:
+    for model in chain.models:
+        if not model.on_gpu_plan:
+            logger.info("%s runs off the GPU (%s): not on the plan", model.stage, model.text())
             continue
-        key, label, defaults, class_name = hf_stages[name]
-        specs.append(_hf_spec(name, weights_dir / key, label, defaults, class_name))
-    if "segmenter" in wanted:
-        backend, target = _spec_path(segmenter, "sam")
-        if backend == "onnx":
-            logger.info("segmenter runs on ONNX Runtime (CPU): not on the GPU plan")
+        path = Path(model.path)
+        if model.stage == "tagger":
+            file = path / CONFIG_NAME
+            config, source = (RamPlusConfig.load(file), str(file)) if file.is_file() else (_ram_plus_defaults(), "defaults")
+            spec = StageSpec("tagger", "RAM++ Swin-L" if source == "defaults" else "RAM++", source, config, _build_ram_plus)
+        elif model.stage == "captioner":
+            spec = _hf_spec("captioner", path, "BLIP-2 OPT-2.7b", _blip2_defaults, "Blip2ForConditionalGeneration")
+        elif is_sam3(model):  # detects and segments: the chain has no segmenter then
+            spec = _hf_spec("detector", path, "SAM 3", _sam3_defaults, "Sam3Model")
+        elif model.stage == "detector":
+            spec = _hf_spec("detector", path, "Grounding DINO Swin-T", _grounding_dino_defaults,
+                            "GroundingDinoForObjectDetection")
+        elif model.stage == "segmenter":
+            spec = _sam_spec(path)
         else:
-            specs.append(_sam_spec(target or weights_dir / "sam"))
-    if "llm" in wanted:
-        backend, target = _spec_path(llm, "transformers")
-        if backend == "openai":
-            logger.info("LLM served elsewhere (%s): not on this plan; size its server separately", llm)
-        else:
-            spec = _hf_spec("llm", target or weights_dir / "llm", "Llama-3-8B", _llama3_8b_defaults,
-                            "AutoModelForCausalLM")
-            specs.append(replace(spec, uses=llm_uses))
-    order = {name: i for i, name in enumerate(("tagger", "captioner", "llm", "detector", "segmenter"))}
-    return sorted(specs, key=lambda s: order[s.name])
+            spec = _llm_spec(path)
+        specs.append(replace(spec, uses=max(1, chain.uses(model.stage))))
+    return specs
+
+
+def _llm_spec(path: Path) -> StageSpec:
+    """The LLM from a transformers dir's config.json, a GGUF file's metadata, or the default Llama-3-8B."""
+    ggufs = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if not (path / "config.json").is_file() and len(ggufs) == 1 and ggufs[0].is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(ggufs[0].parent, gguf_file=ggufs[0].name, local_files_only=True)
+        arch = (getattr(config, "architectures", None) or [config.model_type])[0]
+        return StageSpec("llm", arch, str(ggufs[0]), config, _build_hf("AutoModelForCausalLM"))
+    return _hf_spec("llm", path, "Llama-3-8B", _llama3_8b_defaults, "AutoModelForCausalLM")
 
 
 def _hf_spec(name: str, directory: Path, label: str, defaults: Callable[[], Any], class_name: str) -> StageSpec:
@@ -278,6 +270,8 @@ class ParamCounts:
         rest = (other - self.quantizable) * width
         if quant == "int8":
             quantized = self.quantizable + INT8_ROW_SCALE_BYTES * self.quantizable_rows
+        elif quant in ("awq", "gptq"):
+            quantized = self.quantizable // 2 + int(GROUP_QUANT_BYTES * -(-self.quantizable // GROUP_QUANT_SIZE))
         else:
             quantized = self.quantizable // 2 + INT4_BLOCK_SCALE_BYTES * -(-self.quantizable // INT4_BLOCK)
         return fp32_kept + rest + quantized
@@ -312,6 +306,23 @@ def count_params(model: Any) -> ParamCounts:
         quantizable_rows=sum(rows[p] for p, q in quantizable.items() if q),
         keep_fp32=sum(sizes[p] for p in fp32),
     )
+
+
+def loaded_weight_bytes(model: Any) -> int:
+    """Bytes a loaded model's weights take, each shared parameter once: its storage, plus what
+    bitsandbytes keeps beside a quantized weight (int4 block absmax, int8 row scales). The figure the
+    plan's `ParamCounts.weight_bytes` predicts; the footprint tests and scripts/bench_gpu.py compare them."""
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel() * param.element_size()
+        state = getattr(param, "quant_state", None)
+        extras = [getattr(state, "absmax", None), getattr(param, "SCB", None)]
+        total += sum(t.numel() * t.element_size() for t in extras if t is not None)
+    return total
 
 
 @dataclass(frozen=True)
@@ -398,11 +409,19 @@ class PlanOptions:
     llm_context: int = LLM_CONTEXT
     llm_backend: str = "transformers"  # or "vllm": a separate process, resident for the whole run
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES
+    # Per-stage choices a plan must not change: a model description's explicit dtype / quantization,
+    # or a pre-quantized checkpoint's method. (stage, value) pairs.
+    fixed_dtype: tuple[tuple[str, str], ...] = ()
+    fixed_quant: tuple[tuple[str, str], ...] = ()
 
     def precision(self, stage: str) -> tuple[str, str]:
         """(dtype, quantization) of a stage."""
         quant = {"llm": self.llm_quant, "captioner": self.captioner_quant}.get(stage, "none")
-        return self.dtype, quant
+        return dict(self.fixed_dtype).get(stage, self.dtype), dict(self.fixed_quant).get(stage, quant)
+
+    def unfixed(self) -> PlanOptions:
+        """These options with every per-stage choice open again (to name the cheapest change)."""
+        return replace(self, fixed_dtype=(), fixed_quant=())
 
 
 @dataclass(frozen=True)
@@ -559,20 +578,23 @@ def make_plan(profiles: Sequence[StageProfile], gpu_bytes: int, options: PlanOpt
         llm_sequences=sequences, vllm_gpu_memory_utilization=utilization,
     )
     if not fits and suggest:
-        plan = replace(plan, suggestions=_downgrades(profiles, gpu_bytes, options, plan.steps))
+        plan = replace(plan, suggestions=_downgrades(profiles, gpu_bytes, options.unfixed(), plan.steps))
     return plan
 
 
 def _downgrades(profiles: Sequence[StageProfile], gpu_bytes: int, options: PlanOptions,
-                steps: Sequence[str]) -> tuple[str, ...]:
-    """The shortest prefix of the usual precision cuts that makes the plan fit; () when none does."""
+                steps: Sequence[str], *, cuts_only: bool = False) -> tuple[str, ...] | PlanOptions | None:
+    """The shortest prefix of the usual precision cuts that makes the plan fit: the flags that say so
+    (`()` when none does), or with `cuts_only` the options themselves (None when none does). Stages
+    whose precision `options` fixes are not cut."""
     names = {p.name for p in profiles}
+    fixed_quant = dict(options.fixed_quant)
     cuts: list[tuple[str, dict[str, Any]]] = []
-    if options.dtype == "fp32":
+    if options.dtype == "fp32" and not options.fixed_dtype:
         cuts.append(("--dtype fp16", {"dtype": "fp16"}))
-    if "llm" in names and options.llm_quant != "int4":
+    if "llm" in names and "llm" not in fixed_quant and options.llm_quant not in ("int4", "awq", "gptq"):
         cuts.append(("--llm-quant int4", {"llm_quant": "int4"}))
-    if "captioner" in names:
+    if "captioner" in names and "captioner" not in fixed_quant:
         if options.captioner_quant == "none":
             cuts.append(("--captioner-quant int8", {"captioner_quant": "int8"}))
         if options.captioner_quant != "int4":
@@ -586,40 +608,111 @@ def _downgrades(profiles: Sequence[StageProfile], gpu_bytes: int, options: PlanO
         flag = label.split()[0]
         applied = [done for done in applied if done.split()[0] != flag] + [label]  # int4 replaces int8
         if make_plan(profiles, gpu_bytes, current, steps=steps, suggest=False).fits:
-            return tuple(applied)
-    return ()
+            return current if cuts_only else tuple(applied)
+    return None if cuts_only else ()
 
 
 # --- entry points -----------------------------------------------------------------------------------------
-def plan_for(config: Any, gpu_bytes: int | str, options: PlanOptions | None = None) -> MemoryPlan:
-    """The plan for a `PipelineConfig`: only the stages its switches load, from its weights dir."""
-    stages, llm_steps = _pipeline_stages(config)
-    specs = stage_specs(getattr(config, "weights_dir", Path("weights")), segmenter=getattr(config, "segmenter", None),
-                        llm=getattr(config, "llm", None), stages=stages, llm_uses=len(llm_steps),
-                        detector=getattr(config, "detector", None))
+class PlanError(InvalidInputError):
+    """The configured chain does not fit the card; the message names the cheapest change that would."""
+
+
+def chain_options(chain: Any, options: PlanOptions | None = None) -> PlanOptions:
+    """Plan options for a `ChainSpec`: its LLM backend, and every dtype / quantization its model
+    descriptions fix (explicit options, a pre-quantized checkpoint, the device's default dtype)."""
+    options = options or PlanOptions()
+    fixed_dtype, fixed_quant = [], []
+    for model in chain.models:
+        if not model.on_gpu_plan:
+            continue
+        if "dtype" in model.explicit or not model.device.startswith("cuda"):
+            fixed_dtype.append((model.stage, model.resolved_dtype))
+        method = model.checkpoint_quantization
+        if "quantization" in model.explicit:
+            fixed_quant.append((model.stage, SPEC_QUANTS[model.quantization]))
+        elif method in ("awq", "gptq"):
+            fixed_quant.append((model.stage, method))
+    llm = chain.model("llm")
+    backend = llm.backend if llm is not None and llm.backend == "vllm" else "transformers"
+    return replace(options, fixed_dtype=tuple(fixed_dtype), fixed_quant=tuple(fixed_quant), llm_backend=backend)
+
+
+def plan_chain(chain: Any, gpu_bytes: int | str, options: PlanOptions | None = None) -> MemoryPlan:
+    """The plan of a `ChainSpec` as described (no precision chosen for it: see `fit_chain`)."""
     gpu = parse_size(gpu_bytes) if isinstance(gpu_bytes, str) else int(gpu_bytes)
-    steps = [step for step in STEP_NAMES if not step.startswith("llm") or step in llm_steps]
-    return make_plan(profile_all(specs), gpu, options, steps=steps)
+    steps = [STEP_LABELS[step] for step, _ in chain.model_steps]
+    return make_plan(profile_all(stage_specs(chain)), gpu, chain_options(chain, options), steps=steps)
 
 
-def _pipeline_stages(config: Any) -> tuple[list[str], list[str]]:
-    """The stages a PipelineConfig loads, and which LLM steps it runs (SAM 3: no post-refinement)."""
-    from offline_seg.stages.sam3 import is_sam3
+def fit_chain(chain: Any, gpu_bytes: int | str, options: PlanOptions | None = None) -> tuple[Any, MemoryPlan]:
+    """Choose each model's precision and residency for a card of `gpu_bytes`, and return the `ChainSpec`
+    that records them with the plan. The highest precision that fits wins (LLM 4-bit unless told
+    otherwise; BLIP-2 fp16, then int8, then int4; a shorter LLM context last); explicit choices stay.
+    Raises PlanError naming the cheapest change when nothing fits."""
+    gpu = parse_size(gpu_bytes) if isinstance(gpu_bytes, str) else int(gpu_bytes)
+    on_cpu = sorted({m.device for m in chain.models if m.on_gpu_plan and not m.device.startswith("cuda")})
+    if on_cpu:
+        raise InvalidInputError(f"--gpu-mem plans a CUDA card, but the models run on {', '.join(on_cpu)}: "
+                                "pass --device cuda, or leave --gpu-mem out (on a CPU every model stays loaded)")
+    steps = [STEP_LABELS[step] for step, _ in chain.model_steps]
+    profiles = profile_all(stage_specs(chain))
+    options = chain_options(chain, options)
+    plan = make_plan(profiles, gpu, options, steps=steps, suggest=False)
+    if not plan.fits:
+        cut = _downgrades(profiles, gpu, options, steps, cuts_only=True)
+        if cut is None:
+            raise PlanError(_no_fit_message(chain, profiles, gpu, options, steps, plan))
+        options = cut
+        plan = make_plan(profiles, gpu, options, steps=steps, suggest=False)
+    return apply_plan(chain, plan), plan
 
-    if getattr(config, "oracle_boxes", False):
-        return ["segmenter"], []
-    given = getattr(config, "labels", None) is not None or getattr(config, "oracle_labels", False)
-    pre = getattr(config, "pre_refine", True) and not given
-    post = getattr(config, "post_refine", True) and not is_sam3(getattr(config, "detector", None))
-    stages = ["detector", "segmenter"]
-    if not given:
-        stages.append("tagger")
-        if getattr(config, "use_caption", True):
-            stages.append("captioner")
-    llm_steps = ["llm (pre)"] * pre + ["llm (post)"] * post
-    if llm_steps:
-        stages.append("llm")
-    return stages, llm_steps
+
+def _no_fit_message(chain: Any, profiles: Sequence[StageProfile], gpu: int, options: PlanOptions,
+                    steps: Sequence[str], plan: MemoryPlan) -> str:
+    head = (f"the chain does not fit a {gpu / GiB:.0f} GiB card: peak {plan.peak_bytes / GiB:.2f} GiB at "
+            f"{plan.peak_step}, before any image was processed.")
+    fixes = _downgrades(profiles, gpu, options.unfixed(), steps)
+    if fixes:
+        return f"{head} Cheapest change that fits: {', '.join(fixes)} (your explicit precision options prevent it)."
+    if any(p.name == "llm" for p in profiles):
+        rest = [p for p in profiles if p.name != "llm"]
+        others = [s for s in steps if not s.startswith("llm")]
+        if not rest or make_plan(rest, gpu, options.unfixed(), steps=others).fits or _downgrades(
+                rest, gpu, options.unfixed(), others):
+            return (f"{head} Cheapest change that fits: serve the LLM elsewhere (--llm openai:http://HOST:8000/v1, "
+                    f"see `offline-seg llm serve`) and cut precision as `offline-seg plan` suggests.")
+    return f"{head} No precision cut makes it fit: use a larger card, or --segmenter onnx and fewer stages."
+
+
+def apply_plan(chain: Any, plan: MemoryPlan) -> Any:
+    """`chain` with the plan's dtype, quantization and residency recorded in each model's description
+    (explicit user choices are kept), and vLLM's memory share."""
+    models = []
+    for model in chain.models:
+        if not model.on_gpu_plan or model.stage not in {s.name for s in plan.stages}:
+            models.append(model)
+            continue
+        stage = plan.stage(model.stage)
+        dtype, quant = plan.options.precision(model.stage)
+        changes: dict[str, Any] = {"dtype": dtype, "quantization": None if quant == "none" else quant}
+        if model.backend == "vllm":
+            method = model.checkpoint_quantization
+            changes["quantization"] = method if method in ("awq", "gptq") else (
+                "bitsandbytes" if quant == "int4" else "fp8" if quant == "int8" else None)
+            changes["gpu_memory_utilization"] = plan.vllm_gpu_memory_utilization
+            changes["max_model_len"] = VLLM_MAX_MODEL_LEN
+        elif quant in ("awq", "gptq"):
+            changes["quantization"] = None  # the checkpoint carries it; transformers loads it as it is
+        model = model.with_choices(**changes)
+        models.append(replace(model, resident=stage.resident))
+    return chain.replace_models(models)
+
+
+def plan_for(config: Any, gpu_bytes: int | str, options: PlanOptions | None = None) -> MemoryPlan:
+    """The plan for a `PipelineConfig` as described: only the models its switches load."""
+    from offline_seg.specs import chain_spec
+
+    return plan_chain(chain_spec(config), gpu_bytes, options)
 
 
 def _gib(value: int) -> str:
@@ -668,7 +761,7 @@ def format_cards(profiles: Sequence[StageProfile], options: PlanOptions,
 
 
 __all__ = [
-    "CARDS_GIB", "MemoryPlan", "ParamCounts", "PlanOptions", "StagePlan", "StageProfile", "StageSpec",
-    "count_params", "format_cards", "format_plan", "make_plan", "parse_size", "plan_for", "profile",
+    "CARDS_GIB", "MemoryPlan", "ParamCounts", "PlanError", "PlanOptions", "apply_plan", "fit_chain", "plan_chain", "StagePlan", "StageProfile", "StageSpec",
+    "count_params", "format_cards", "loaded_weight_bytes", "format_plan", "make_plan", "parse_size", "plan_for", "profile",
     "profile_all", "stage_specs",
 ]

@@ -109,6 +109,24 @@ class InstanceMasks:
 
 
 @dataclass
+class SamPrediction:
+    """One SAM decoder call for N boxes: what the point strategies compare and feed back."""
+
+    logits: np.ndarray  # (N, H, W) float32 mask logits at the image's size
+    iou: np.ndarray  # (N,) float32: SAM's own predicted IoU of each mask
+    low_res: np.ndarray  # (N, h, w) float32 decoder logits before upscaling (256x256): SAM's `mask_input`
+
+    def select(self, keep_second: np.ndarray, second: SamPrediction) -> SamPrediction:
+        """Per box: this prediction, or `second`'s where `keep_second` is true."""
+        keep = np.asarray(keep_second, bool)
+        return SamPrediction(
+            np.where(keep[:, None, None], second.logits, self.logits),
+            np.where(keep, second.iou, self.iou),
+            np.where(keep[:, None, None], second.low_res, self.low_res),
+        )
+
+
+@dataclass
 class SegmentationResult:
     """Everything the chain produced for one image: the class map plus the evidence behind it."""
 

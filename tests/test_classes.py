@@ -26,6 +26,11 @@ from offline_seg.errors import InvalidInputError
         ("ponies", "pony"),
         ("boxes", "box"),
         ("traffic-lights!", "traffic light"),
+        ("ties", "tie"),
+        ("tvs", "tv"),
+        ("skis", "ski"),
+        ("tennis", "tennis"),
+        ("puppies", "puppy"),
     ],
 )
 def test_label_key_normalises_case_hyphens_and_plurals(text, key):
@@ -100,3 +105,21 @@ def test_voc_palette_first_colours():
     palette = np.array(voc_palette()).reshape(-1, 3)
     assert palette[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
     assert palette[15].tolist() == [192, 128, 128]  # person
+
+
+@pytest.mark.parametrize("preset, size, first, last, ids_of", [
+    ("ade20k", 150, "wall", "flag", {"wall": 1, "person": 13, "car": 21, "flag": 150}),
+    ("pascal-context", 59, "aeroplane", "wood", {"aeroplane": 1, "person": 37, "wood": 59}),
+    ("coco-stuff", 171, "person", "wood", {"person": 0, "dining-table": 66, "toothbrush": 89, "banner": 91,
+                                           "wood": 181}),
+])
+def test_long_list_presets_have_their_dataset_ids(preset, size, first, last, ids_of):
+    classes = ClassList.preset(preset)
+    assert len(classes.foreground) == size and classes.foreground[0] == first and classes.foreground[-1] == last
+    assert classes.names[0] == "background" and classes.ids[0] == -1
+    for name, dataset_id in ids_of.items():
+        assert classes.ids[classes.index(name)] == dataset_id
+    assert len(set(classes.ids)) == len(classes.ids)
+    # the ground truth's void maps to ignore, never to the background
+    void = 255 if preset == "coco-stuff" else 0
+    assert classes.class_indices(np.array([void]))[0] == classes.ignore_index

@@ -21,7 +21,8 @@ def test_segment_with_tiny_weights_writes_outputs(tiny_weights, tmp_path):
     Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        main, ["segment", str(image), "--weights", str(tiny_weights), "--out", str(out), "--points", "3"]
+        main, ["segment", str(image), "--weights", str(tiny_weights), "--out", str(out), "--points", "3",
+               "--point-strategy", "paper"]
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "photo.json").read_text())

@@ -158,3 +158,27 @@ def test_tiny_grounding_dino_thresholds(tiny_detector: GroundingDinoDetector):
     strict._model, strict._processor = tiny_detector._model, tiny_detector._processor
     assert len(strict.detect(image, LABELS)) == 0
     assert len(loose.detect(image, LABELS)) >= len(tiny_detector.detect(image, LABELS)) >= 1
+
+
+def test_a_150_class_prompt_is_split_to_fit_the_text_limit_and_merged(tiny_detector: GroundingDinoDetector):
+    from offline_seg.classes import ClassList
+
+    labels = list(ClassList.preset("ade20k").foreground)
+    pieces = tiny_detector.prompt_pieces(labels)
+    limit = tiny_detector._model.config.max_text_len
+    tokenizer = tiny_detector._processor.tokenizer
+    assert len(tokenizer(build_text_prompt(labels))["input_ids"]) > limit  # the whole list would not fit
+    assert len(pieces) >= 2
+    assert all(len(tokenizer(piece)["input_ids"]) <= limit for piece in pieces)
+    assert " ".join(pieces) == build_text_prompt(labels)  # every label once, none cut
+    image = _scene()
+    detections = tiny_detector.detect(image, labels)  # used to raise: tensor a (452) vs tensor b (256)
+    merged = GroundingDinoDetector(tiny_detector.model_dir, nms_iou=1.0)
+    merged._model, merged._processor = tiny_detector._model, tiny_detector._processor
+    everything = merged.detect(image, labels)
+    per_piece = sum(len(merged.detect(image, [p.strip() for p in piece.split(" .") if p.strip()]))
+                    for piece in pieces)
+    assert len(everything) == per_piece >= len(detections)  # all pieces' boxes, then one NMS
+    iou = box_iou(detections.boxes, detections.boxes)
+    np.fill_diagonal(iou, 0)
+    assert (iou <= 0.8).all()

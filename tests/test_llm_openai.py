@@ -137,3 +137,77 @@ def test_gbnf_and_plain_dialects():
         assert "grammar" not in server.bodies[-1] and plain.stats.invalid == 1
     finally:
         server.close()
+
+
+def test_redirects_are_not_followed():
+    class Redirecting(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", "http://example.org/v1/models")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LLMServerError, match="redirected to 'http://example.org/v1/models'.*not followed"):
+            OpenAILLM(f"http://127.0.0.1:{server.server_port}/v1", retries=0).complete([CONVERSATION])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_localhost_must_resolve_to_loopback(monkeypatch):
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [(2, 1, 6, "", ("93.184.216.34", 0))]
+                        if host == "localhost" else real(host, *a, **k))
+    with pytest.raises(InvalidInputError, match="not this machine"):
+        OpenAILLM("http://localhost:8000/v1")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [(10, 1, 6, "", ("::1", 0, 0, 0)),
+                                                                       (2, 1, 6, "", ("127.0.0.1", 0))])
+    OpenAILLM("http://localhost:8000/v1")
+
+
+def test_garbage_answers_are_a_clear_error():
+    server = FakeServer(lambda body: ("dog", "stop"))
+    try:
+        llm = OpenAILLM(server.url, retries=0)
+        assert llm.identity == f"openai:{server.url}:fake-model"  # the served model's name, asked once
+    finally:
+        server.close()
+
+    class Garbage(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # /html/v1/models: an HTML page; /json/v1/models: a proper listing
+            payload = (b"<html>502 bad gateway</html>" if self.path.startswith("/html")
+                       else json.dumps({"data": [{"id": "m", "owned_by": "x"}]}).encode())
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self):
+            payload = json.dumps({"result": "dog"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    garbage = ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=garbage.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{garbage.server_port}"
+        with pytest.raises(LLMServerError, match="not JSON: b'<html>502 bad gateway"):
+            OpenAILLM(f"{url}/html/v1", retries=0).complete([CONVERSATION])
+        with pytest.raises(LLMServerError, match='without a chat completion: {"result": "dog"}'):
+            OpenAILLM(f"{url}/json/v1", retries=0).complete([CONVERSATION])
+    finally:
+        garbage.shutdown()
+        garbage.server_close()

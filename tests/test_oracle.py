@@ -6,7 +6,8 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.errors import InvalidInputError
-from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth
+from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
+from offline_seg.types import Detections
 
 CLASSES = ClassList.parse("background, cat, dog, car")
 
@@ -54,3 +55,35 @@ def test_ground_truth_maps_dataset_ids_and_checks_size(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+def _tight() -> Detections:
+    return Detections(np.array([[10, 20, 30, 60], [0, 0, 99, 49]], np.float32), np.float32([0.9, 0.8]),
+                      ["cat", "dog"], ["cat", "dog"])
+
+
+def test_loosen_boxes_expands_each_side_by_a_share_of_the_box_and_clips_to_the_image():
+    loose = loosen_boxes(_tight(), (100, 50), expand=0.15)
+    # 20 x 40 box: 3 px out left/right, 6 px up/down; the full-image box stays clipped to the pixel grid
+    np.testing.assert_allclose(loose.boxes, [[7, 14, 33, 49], [0, 0, 99, 49]])
+    assert loose.labels == ["cat", "dog"] and np.array_equal(loose.scores, _tight().scores)
+    inside = loosen_boxes(_tight(), (200, 200), expand=0.15)
+    np.testing.assert_allclose(inside.boxes[0], [7, 14, 33, 66])
+    np.testing.assert_array_equal(loosen_boxes(_tight(), (100, 50)).boxes, _tight().boxes)
+
+
+def test_loosen_boxes_jitter_is_bounded_seeded_and_differs_per_image():
+    tight = Detections(np.array([[100, 100, 200, 300]] * 50, np.float32), np.ones(50, np.float32),
+                       ["cat"] * 50, ["cat"] * 50)
+    a = loosen_boxes(tight, (1000, 1000), jitter=0.1, seed=3, key="img_1")
+    shift = a.boxes - tight.boxes
+    assert (np.abs(shift) <= np.float32([10, 20, 10, 20]) + 1e-4).all()  # ±10 % of width / height per side
+    assert np.abs(shift).max() > 5 and len(np.unique(shift[:, 0])) == 50  # really random
+    np.testing.assert_array_equal(a.boxes, loosen_boxes(tight, (1000, 1000), jitter=0.1, seed=3, key="img_1").boxes)
+    assert not np.array_equal(a.boxes, loosen_boxes(tight, (1000, 1000), jitter=0.1, seed=4, key="img_1").boxes)
+    assert not np.array_equal(a.boxes, loosen_boxes(tight, (1000, 1000), jitter=0.1, seed=3, key="img_2").boxes)
+    clipped = loosen_boxes(_tight(), (100, 50), expand=0.5, jitter=0.4, seed=0).boxes
+    assert (clipped >= 0).all() and (clipped[:, [0, 2]] <= 99).all() and (clipped[:, [1, 3]] <= 49).all()
+    assert (clipped[:, 2:] >= clipped[:, :2]).all()
+    with pytest.raises(InvalidInputError):
+        loosen_boxes(_tight(), (100, 50), expand=-0.1)

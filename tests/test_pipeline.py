@@ -5,6 +5,8 @@ import pytest
 from PIL import Image
 
 from offline_seg import ClassList, Detections, InstanceMasks, Pipeline, PipelineConfig
+from offline_seg.errors import InvalidInputError
+from offline_seg.stages.segmenter import DEFAULT_POINT_PROMPTS
 
 VOC = ClassList.preset("voc")
 
@@ -122,3 +124,16 @@ def test_points_setting_reaches_the_default_segmenter(tiny_weights):
     assert pipeline.segmenter.num_points == 0
     with pytest.raises(ValueError):
         PipelineConfig(num_points=-1)
+    spread = Pipeline(PipelineConfig(weights_dir=tiny_weights, num_points=7, point_strategy="spread")).segmenter
+    assert (spread.strategy, spread.num_points) == ("spread", 7)
+    with pytest.raises(InvalidInputError, match="point strategy"):
+        PipelineConfig(point_strategy="best")
+
+
+@pytest.mark.parametrize("segmenter", [None, "sam:/x", "onnx", "onnx:/y"])
+def test_point_prompt_defaults_follow_the_segmenter_backend(segmenter):
+    backend = (segmenter or "sam").partition(":")[0]
+    config = PipelineConfig(segmenter=segmenter)
+    assert (config.point_strategy, config.num_points) == DEFAULT_POINT_PROMPTS[backend]
+    assert PipelineConfig(segmenter=segmenter, num_points=3).point_strategy == DEFAULT_POINT_PROMPTS[backend][0]
+    assert PipelineConfig(segmenter=segmenter, point_strategy="paper").num_points == 20  # the paper, unchanged

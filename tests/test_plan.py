@@ -18,6 +18,13 @@ from offline_seg.plan import (
     profile_all,
     stage_specs,
 )
+from offline_seg.pipeline import PipelineConfig
+from offline_seg.specs import chain_spec
+
+
+def _chain(weights, **config):
+    """The description of a default chain over `weights` (models on CUDA unless told otherwise)."""
+    return chain_spec(PipelineConfig(weights_dir=weights, **{"device": "cuda", **config}))
 
 FULL_SIZE = {  # the default models of the manifest, counted on the meta device
     "tagger": 329_493_046,  # RAM++ Swin-L
@@ -31,7 +38,7 @@ FULL_SIZE = {  # the default models of the manifest, counted on the meta device
 @pytest.fixture(scope="module")
 def profiles(tmp_path_factory):
     """Full-size profiles of the default chain (an empty weights dir -> built-in configs); ~2 s."""
-    return profile_all(stage_specs(tmp_path_factory.mktemp("no-weights")))
+    return profile_all(stage_specs(_chain(tmp_path_factory.mktemp("no-weights"))))
 
 
 def test_full_size_parameter_counts_are_exact(profiles):
@@ -42,7 +49,7 @@ def test_full_size_parameter_counts_are_exact(profiles):
 def test_sam_variant_from_official_checkpoint_name(tmp_path):
     (tmp_path / "sam").mkdir()
     (tmp_path / "sam" / "sam_vit_b_01ec64.pth").write_bytes(b"")  # only the name is read
-    (spec,) = stage_specs(tmp_path, stages=["segmenter"])
+    (spec,) = stage_specs(_chain(tmp_path, oracle_boxes=True))
     assert profile(spec).params.total == 93_735_728
 
 
@@ -135,7 +142,7 @@ def test_config_json_in_weights_dir_changes_the_count(tmp_path):
                 qformer_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                     encoder_hidden_size=32, vocab_size=300),
                 text_config=text.to_dict(), num_query_tokens=4).save_pretrained(tmp_path / "blip2")
-    specs = {s.name: s for s in stage_specs(tmp_path, stages=["llm", "captioner"])}
+    specs = {s.name: s for s in stage_specs(_chain(tmp_path))}
     assert specs["llm"].source.endswith("config.json")
     head_dim = hidden // heads
     per_layer = 2 * hidden * hidden + 2 * hidden * kv * head_dim + 3 * hidden * inter + 2 * hidden
@@ -145,8 +152,6 @@ def test_config_json_in_weights_dir_changes_the_count(tmp_path):
 
 
 def test_plan_for_follows_the_pipeline_switches(tmp_path):
-    from offline_seg.pipeline import PipelineConfig
-
     plan = plan_for(PipelineConfig(weights_dir=tmp_path, oracle_boxes=True), "8GiB")
     assert [s.name for s in plan.stages] == ["segmenter"] and plan.fits and plan.resident_stages == ("segmenter",)
     plan = plan_for(PipelineConfig(weights_dir=tmp_path, use_caption=False, pre_refine=False), "8GiB")

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.errors import InvalidInputError
@@ -85,7 +86,7 @@ def test_constrained_pre_refine_asks_for_a_foreground_label_list():
     llm = ConstrainedScriptedLLM({"Here are input caption tags and text: dog": "dog, sofa"})
     [(labels, _)] = Refiner(llm, VOC).pre_refine([Recognition(("dog",))])
     assert labels == ["dog", "sofa"]
-    assert llm.calls[0]["constraint"] == LabelList(VOC.foreground)
+    assert llm.calls[0]["constraint"] == LabelList((*VOC.foreground, "none of these"))
     Refiner(llm, VOC, constrained=False).pre_refine([Recognition(("dog",))])
     assert llm.calls[1]["constraint"] is None
 
@@ -115,3 +116,31 @@ def test_persistent_phrase_cache_spares_calls_in_the_next_run(tmp_path):
 
 def test_no_post_refine_keeps_only_members():
     assert labels_without_llm(["dog", "man", "Cats", "background"], VOC) == ["dog", None, "cat", None]
+
+
+def test_constrained_pre_refine_can_answer_none_of_these_and_keeps_and_inside_labels():
+    classes = ClassList.parse("background, salt and pepper, dog, cat")
+    llm = ConstrainedScriptedLLM({"Here are input caption tags and text: shaker": "salt and pepper, dog",
+                                  "Here are input caption tags and text: sky": "none of these"})
+    results = Refiner(llm, classes).pre_refine([Recognition(("shaker",)), Recognition(("sky",))])
+    assert [labels for labels, _ in results] == [["salt and pepper", "dog"], []]
+    assert "none of these" in llm.calls[0]["constraint"].options
+
+
+def test_nothing_named_means_the_detector_is_not_called():
+    from offline_seg.pipeline import Pipeline, PipelineConfig
+
+    class NoDetector:
+        def detect(self, image, labels):
+            raise AssertionError("the detector must not run when pre-refinement names nothing")
+
+    class OneTag:
+        def tag(self, image):
+            return ("sky",)
+
+    llm = ConstrainedScriptedLLM({"Here are input caption tags and text: sky": "none of these"})
+    pipeline = Pipeline(PipelineConfig(use_caption=False, phrase_cache_dir=None), tagger=OneTag(), llm=llm,
+                        detector=NoDetector())
+    [(labels, reply)] = pipeline.scene_labels([Recognition(("sky",))])
+    assert labels == [] and reply == "none of these"
+    assert len(pipeline.detect(Image.new("RGB", (8, 8)), labels)) == 0

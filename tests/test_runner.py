@@ -53,12 +53,16 @@ def test_changing_points_reruns_only_segmentation(tiny_weights, tmp_path):
     again = BatchRunner(Pipeline(PipelineConfig(weights_dir=tiny_weights, num_points=2)), out, progress=False).run(
         images, root=tmp_path / "in")
     assert sum(again.computed.values()) == 0 and again.reused["write"] == 3
-    changed = BatchRunner(Pipeline(PipelineConfig(weights_dir=tiny_weights, num_points=4)), out,
-                          progress=False).run(images, root=tmp_path / "in")
+    changed = BatchRunner(Pipeline(PipelineConfig(weights_dir=tiny_weights, num_points=4, point_strategy="paper")),
+                          out, progress=False).run(images, root=tmp_path / "in")
     assert changed.reused["detect"] == 3 and changed.reused["post_refine"] == 3
     assert changed.computed["segment"] == 3 and changed.computed["write"] == 3 and changed.computed["tag"] == 0
     record = json.loads((out / "img_00.json").read_text())
     assert all(len(instance["points"]) == 4 for instance in record["instances"])
+    strategy = BatchRunner(Pipeline(PipelineConfig(weights_dir=tiny_weights, num_points=4, point_strategy="spread")),
+                           out, progress=False).run(images, root=tmp_path / "in")
+    assert strategy.computed["segment"] == 3 and strategy.reused["post_refine"] == 3  # the strategy is in the key
+    assert json.loads((out / "img_00.json").read_text())["settings"]["point_strategy"] == "spread"
 
 
 def test_bad_images_are_recorded_and_the_run_goes_on(tiny_weights, tmp_path):

@@ -16,7 +16,8 @@ from offline_seg.engines.runner import BatchRunner
 from offline_seg.engines.store import ResultStore
 from offline_seg.errors import InvalidInputError
 from offline_seg.pipeline import Pipeline, PipelineConfig
-from offline_seg.stages.sam3 import Sam3Detector, Sam3Thresholds, parse_detector, prompt_text
+from offline_seg.specs import parse_spec
+from offline_seg.stages.sam3 import Sam3Detector, Sam3Thresholds, prompt_text
 from offline_seg.types import Detections
 
 VOC = ClassList.preset("voc")
@@ -132,10 +133,12 @@ def test_sam3_options_are_checked(tiny_weights, street, tmp_path):
     mixed = runner.invoke(main, ["segment", str(street), "--detector", "sam3", "--segmenter", "onnx",
                                  "--weights", str(tiny_weights), "--out", str(tmp_path / "o")])
     assert mixed.exit_code == 2 and "SAM 3 makes its own masks" in mixed.output
-    unknown = runner.invoke(main, ["segment", str(street), "--detector", "yolo", "--weights", str(tiny_weights)])
+    unknown = runner.invoke(main, ["segment", str(street), "--detector", "yolo:x", "--weights", str(tiny_weights)])
     assert unknown.exit_code == 2 and "unknown detector" in unknown.output
     assert prompt_text("Dining-table") == "dining table" and prompt_text("traffic_light") == "traffic light"
-    assert parse_detector(None) == ("grounding-dino", None) and parse_detector("sam3:/x/y")[1].as_posix() == "/x/y"
+    assert parse_spec(None, "detector").backend == parse_spec("grounding-dino", "detector").backend == "grounding_dino"
+    assert parse_spec("sam3:/x/y", "detector").path == "/x/y"
+    assert parse_spec("sam3", "detector", tmp_path).path == str(tmp_path / "sam3")
     with pytest.raises(InvalidInputError, match="threshold"):
         PipelineConfig(detector="sam3", sam3_score_threshold=1.5)
     helptext = runner.invoke(main, ["segment", "--help"]).output

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from offline_seg.errors import MissingWeightsError
+from offline_seg.errors import InvalidInputError, MissingWeightsError
 from offline_seg.models.sam_checkpoint import hf_to_official, infer_sam_config, load_sam_model, official_to_hf
 from offline_seg.stages.segmenter import SamSegmenter, TwoPassSegmenter, normalise_jointly, top_n_points
 from offline_seg.tiny import sam as tiny_sam
-from offline_seg.types import Detections
+from offline_seg.types import Detections, SamPrediction
 
 # --- top_n_points -------------------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ def test_sam_segmenter_is_lazy(tmp_path):
 
 def test_sam_segmenter_matches_plain_processor_calls(tiny_paths, image):
     """Both passes equal SamProcessor-prompted forward calls: prompt scaling and point choice are right."""
-    segmenter = SamSegmenter(tiny_paths[0], num_points=3)
+    segmenter = SamSegmenter(tiny_paths[0], num_points=3, strategy="paper")
     model, processor = segmenter.model, segmenter.processor
     detections = _detections().labelled()
     boxes = [detections.boxes.tolist()]
@@ -226,27 +226,54 @@ def test_sam_segmenter_matches_plain_processor_calls(tiny_paths, image):
     assert np.array_equal(box_only.segment(image, _detections()).masks, pass1 > 0)
 
 
+def test_sam_predict_returns_iou_and_low_res_and_takes_a_mask_per_box(tiny_paths, image):
+    """predict's IoU and low-res logits are the model's; mask_input reaches each box's own decode."""
+    segmenter = SamSegmenter(tiny_paths[0], num_points=0)
+    model, processor = segmenter.model, segmenter.processor
+    boxes = _detections().labelled().boxes
+    encoded = segmenter.backend.encode(image)
+    first = segmenter.backend.predict(encoded, boxes, None)
+    inputs = processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs, multimask_output=False)
+    np.testing.assert_allclose(first.iou, out.iou_scores.reshape(-1).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(first.low_res, out.pred_masks[0, :, 0].numpy(), rtol=1e-4, atol=1e-4)
+    refined = segmenter.backend.predict(encoded, boxes, None, first.low_res)
+    for i in range(len(boxes)):  # box i with mask i, as one plain call each
+        single = processor(images=image, input_boxes=[[boxes[i].tolist()]], return_tensors="pt")
+        with torch.no_grad():
+            out = model(**single, input_masks=torch.as_tensor(first.low_res[i : i + 1, None]), multimask_output=False)
+        expected = processor.post_process_masks(out.pred_masks, single["original_sizes"], single["reshaped_input_sizes"],
+                                                 binarize=False)[0][0, 0].numpy()
+        np.testing.assert_allclose(refined.logits[i], expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(refined.logits, first.logits, atol=1e-3)  # the mask prompt changes the answer
+
+
 class _RecordingBackend:
     """A SamBackend whose pass-1 logits peak at known pixels, recording what the algorithm asks."""
 
     def __init__(self):
         self.encodes = 0
         self.decodes: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.masks: list[np.ndarray | None] = []
 
     def encode(self, image):
         self.encodes += 1
         return image.size
 
-    def decode(self, encoded, boxes, points):
+    def predict(self, encoded, boxes, points, mask_input=None):
         width, height = encoded
         self.decodes.append((boxes.copy(), None if points is None else points.copy()))
+        self.masks.append(mask_input)
         logits = np.full((len(boxes), height, width), -5.0, np.float32)
         for i, (x0, y0, _, _) in enumerate(boxes.astype(int)):
             logits[i, y0, x0] = 9.0 - i  # the box's top-left pixel is its single best pixel
             logits[i, y0 + 1, x0] = 8.0 - i
+        iou = np.full(len(boxes), 0.9, np.float32)
         if points is not None:
             logits[:, : height // 2] = 1.0  # pass 2: the top half is foreground
-        return logits
+            iou = np.float32([0.95, 0.5, 0.9])[: len(boxes)]  # higher, lower, equal to pass 1's
+        return SamPrediction(logits, iou, np.full((len(boxes), 8, 8), len(self.decodes), np.float32))
 
 
 def test_two_passes_feed_the_top_points_of_pass_one_into_pass_two():
@@ -261,8 +288,24 @@ def test_two_passes_feed_the_top_points_of_pass_one_into_pass_two():
     assert result.labels == ["dog", "wall", "cat"]
     assert result.masks.shape == (3, 60, 90) and result.masks[:, :30].all() and not result.masks[:, 30:].any()
     box_only = _RecordingBackend()
-    TwoPassSegmenter(box_only, num_points=0).segment(Image.new("RGB", (90, 60)), _detections())
-    assert len(box_only.decodes) == 1
+    TwoPassSegmenter(box_only, num_points=0, strategy="gated").segment(Image.new("RGB", (90, 60)), _detections())
+    assert len(box_only.decodes) == 1  # n_p = 0 is box only, whatever the strategy
+
+
+def test_segmenter_strategies_gate_and_feed_the_mask_back():
+    image = Image.new("RGB", (90, 60))
+    backend = _RecordingBackend()
+    result = TwoPassSegmenter(backend, num_points=2, strategy="gated").segment(image, _detections())
+    # box 1's second pass predicts a lower IoU (0.5 < 0.9): it keeps its box-only mask and records no points
+    assert [len(p) for p in result.points] == [2, 0, 2]
+    assert result.masks[[0, 2], :30].all() and not result.masks[[0, 2], 30:].any()
+    assert result.masks[1].sum() == 2 and result.masks[1, 0, 0] and result.masks[1, 1, 0]
+    assert backend.masks == [None, None]
+    refine = _RecordingBackend()
+    TwoPassSegmenter(refine, num_points=1, strategy="mask").segment(image, _detections())
+    assert refine.masks[0] is None and (refine.masks[1] == 1.0).all()  # pass 1's low-res logits go back in
+    with pytest.raises(InvalidInputError, match="point strategy"):
+        TwoPassSegmenter(refine, strategy="best")
 
 
 # --- SAM-HQ and SAM 2 transformers dirs ----------------------------------------------------------
@@ -357,8 +400,6 @@ def test_sam2_decode_matches_a_full_forward(variants, image):
 
 
 def test_unsupported_transformers_model_type(tmp_path):
-    from offline_seg.errors import InvalidInputError
-
     (tmp_path / "config.json").write_text('{"model_type": "sam2_video"}')
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(InvalidInputError, match="sam2_video"):

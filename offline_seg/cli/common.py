@@ -31,9 +31,9 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _class_list(preset: str | None, classes: str | None) -> ClassList:
-    if preset and classes:
+    if preset and classes is not None:
         raise click.UsageError("give --preset or --classes, not both")
-    if classes:
+    if classes is not None:  # an empty --classes "" is an empty list, an error, not the default preset
         return ClassList.from_file(Path(classes)) if Path(classes).is_file() else ClassList.parse(classes)
     return ClassList.preset(preset or "voc")
 

@@ -39,7 +39,7 @@ def llm_serve(model_dir: Path, port: int, gpu_memory_gb: float, gpu_memory_utili
     """Start vLLM's OpenAI-compatible server for MODEL on 127.0.0.1 (then use --llm openai:URL)."""
     import shlex
 
-    from offline_seg.llm.serve import VllmShare, ServeOptions, cpu_environment
+    from offline_seg.llm.serve import OFFLINE_ENV, VllmShare, ServeOptions, cpu_environment
 
     if not dry_run and not (model_dir / "config.json").is_file():
         raise InvalidInputError(f"no config.json in {model_dir}: give a HF model directory")
@@ -52,7 +52,7 @@ def llm_serve(model_dir: Path, port: int, gpu_memory_gb: float, gpu_memory_utili
         enforce_eager=enforce_eager or cpu,
         python=python,
     )
-    env = cpu_environment() if cpu else {}
+    env = {**(cpu_environment() if cpu else {}), **OFFLINE_ENV}
     argv = options.command()
     if dry_run:
         click.echo(" ".join([f"{k}={v}" for k, v in env.items()] + [shlex.quote(a) for a in argv]))

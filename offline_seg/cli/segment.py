@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from offline_seg.classes import PRESETS
-from offline_seg.errors import InvalidInputError
+from offline_seg.errors import InvalidInputError, OfflineSegError
+from offline_seg.stages.points import STRATEGIES as POINT_STRATEGIES
 from offline_seg.cli.common import _class_list, _collect_images, _go_offline, _setup_logging, main
 from offline_seg.stages.sam3 import MASK_THRESHOLD, PRESENCE_THRESHOLD, SCORE_THRESHOLD
 
@@ -25,23 +26,37 @@ def _segment_options(func):
         click.option("--no-caption", is_flag=True, help="Ablation: tags only, no BLIP-2 caption."),
         click.option("--no-pre-refine", is_flag=True, help="Ablation: tags go straight to the detector."),
         click.option("--no-post-refine", is_flag=True, help="Ablation: detected phrases used as-is."),
-        click.option("--points", "num_points", type=click.IntRange(min=0), default=20, show_default=True,
-                     help="Positive points per box for SAM's second pass; 0 = box only. Does not apply to "
-                     "--detector sam3 (its masks are final)."),
+        click.option("--points", "num_points", type=click.IntRange(min=0),
+                     help="Positive points per box for SAM's second pass; 0 = box only (default: per segmenter "
+                     "backend, see the README). Does not apply to --detector sam3 (its masks are final)."),
+        click.option("--point-strategy", type=click.Choice(list(POINT_STRATEGIES)),
+                     help="How pass 1 prompts pass 2: paper (top-n logits, the reference), gated (pass 2 only where "
+                     "SAM's predicted IoU does not drop), spread (top logits kept apart), mask (pass 1's logits as "
+                     "mask_input). Default: per segmenter backend."),
         click.option("--labels", help='Given labels instead of recognition + pre-refinement, e.g. "cat, dog"; '
                      '"gt": the classes in the ground truth (needs --gt); "all": every class of the list.'),
         click.option("--boxes", type=click.Choice(["detect", "gt"]), default="detect", show_default=True,
                      help="gt: one box per connected component of each ground-truth class; no tagger, "
                      "captioner, LLM or detector is loaded (isolates the segmenter)."),
+        click.option("--gt-box-expand", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="--boxes gt: move each side out by this share of the box's width/height (0.15 = 15%)."),
+        click.option("--gt-box-jitter", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="--boxes gt: shift each side by a random up to ± this share of the box (see --seed)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of --gt-box-jitter."),
         click.option("--gt", "gt_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
                      help="Ground-truth label maps (dataset ids, matched by file stem) for --labels gt / --boxes gt."),
         click.option("--segmenter", help="sam (WEIGHTS/sam), sam:PATH, onnx (WEIGHTS/sam_onnx) or onnx:DIR "
                      "(SAM exported to ONNX, the CPU tier)."),
         click.option("--llm", help="LLM backend, e.g. transformers:DIR (default: WEIGHTS/llm)."),
+        click.option("--gpu-mem", help="Plan for a GPU of this size (e.g. 8GiB, needs --device cuda): the plan "
+                     "picks each model's precision and which models load per chunk, and the loaders follow it; "
+                     "a chain that cannot fit stops before the first image (see `offline-seg plan`)."),
+        click.option("--captioner-quant", type=click.Choice(["none", "int8", "int4"]),
+                     help="BLIP-2 weights: none (16-bit) or bitsandbytes int8/int4 (default: the plan's choice)."),
         click.option("--unconstrained", is_flag=True, help="Free-text post-refinement (paper-faithful ablation)."),
         click.option("--no-phrase-cache", is_flag=True,
                      help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
-        click.option("--detector", help="grounding-dino (default: boxes, then --segmenter) or sam3[:DIR] "
+        click.option("--detector", help="grounding_dino[:DIR] (default: boxes, then --segmenter) or sam3[:DIR] "
                      "(WEIGHTS/sam3): SAM 3 detects and segments each label as a concept prompt; its labels are "
                      "class names (no post-refinement) and its masks are final: SAM's two-pass point refinement "
                      "(--points) and --segmenter do not apply."),
@@ -85,8 +100,14 @@ def _build_config(
     labels,
     boxes,
     gt_dir,
+    point_strategy=None,
+    gt_box_expand=0.0,
+    gt_box_jitter=0.0,
+    seed=0,
     segmenter,
     llm,
+    gpu_mem,
+    captioner_quant,
     unconstrained,
     no_phrase_cache,
     box_threshold,
@@ -104,6 +125,8 @@ def _build_config(
     oracle_labels = labels is not None and labels.strip().lower() == "gt"
     if (oracle_labels or boxes == "gt") and gt_dir is None:
         raise click.UsageError("--labels gt and --boxes gt need --gt DIR (ground-truth label maps)")
+    if (gt_box_expand or gt_box_jitter) and boxes != "gt":
+        raise click.UsageError("--gt-box-expand and --gt-box-jitter loosen the boxes of --boxes gt only")
     return PipelineConfig(
         classes=class_list,
         weights_dir=weights_dir,
@@ -112,12 +135,18 @@ def _build_config(
         pre_refine=not no_pre_refine,
         post_refine=not no_post_refine,
         num_points=num_points,
+        point_strategy=point_strategy,
+        gt_box_expand=gt_box_expand,
+        gt_box_jitter=gt_box_jitter,
+        seed=seed,
         labels=_given_labels(labels, class_list) if labels and not oracle_labels else None,
         oracle_labels=oracle_labels,
         oracle_boxes=boxes == "gt",
         ground_truth_dir=gt_dir,
         segmenter=segmenter,
         llm=llm,
+        gpu_mem=gpu_mem,
+        captioner_quant=captioner_quant,
         constrained=not unconstrained,
         **({"phrase_cache_dir": None} if no_phrase_cache else {}),
         box_threshold=box_threshold,
@@ -148,23 +177,35 @@ def _run_segment(
     _setup_logging(verbose)
     from tqdm import tqdm
 
+    from offline_seg.engines.runner import failure_reason, output_names, with_oom_retry
     from offline_seg.io.images import load_image
     from offline_seg.io.outputs import save_result
     from offline_seg.pipeline import Pipeline
 
+    if not images:
+        raise InvalidInputError("no images given (an empty folder?)")
     config = _build_config(**options)
     pipeline = Pipeline(config)
+    _echo_plan(pipeline)
+    pipeline.preflight()
     failures: list[tuple[str, str]] = []
-    for path in tqdm(images, desc="segment", unit="img", disable=len(images) < 2):
-        name = "demo" if path is None else path.stem
+    names = ["demo"] if images == [None] else output_names(images)
+    for path, name in tqdm(list(zip(images, names)), desc="segment", unit="img", disable=len(images) < 2):
         try:
             image = demo_image if path is None else load_image(path)
-            result = pipeline.segment(image, name=name)
-        except InvalidInputError as error:  # a bad image: report it, keep going (missing weights stop the run)
+            result = with_oom_retry(lambda: pipeline.segment(image, name=path.stem if path else name), config.device)
+            paths = save_result(result, image, out_dir / Path(name).parent, Path(name).name,
+                                settings=config.summary())
+        except InvalidInputError as error:  # a bad image: report it, keep going
             failures.append((name, str(error)))
             click.secho(f"skipped {name}: {error}", fg="yellow", err=True)
             continue
-        paths = save_result(result, image, out_dir, name, settings=config.summary())
+        except OfflineSegError:  # missing weights, an unreachable LLM server: stop, nothing would work
+            raise
+        except Exception as error:  # noqa: BLE001 - one image's failure, the others are still written
+            failures.append((name, failure_reason(error)))
+            click.secho(f"skipped {name}: {failure_reason(error)}", fg="yellow", err=True)
+            continue
         found = sorted({label for label in result.instances.labels})
         click.echo(f"{name}: {len(result.instances)} masks ({', '.join(found) or 'none'}) -> {paths.mask}")
     if failures:
@@ -183,10 +224,21 @@ def _run_segment(
 @click.option("--no-recursive", is_flag=True, help="Only the folder's own images, not its sub-folders.")
 @click.option("--image-list", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
-@click.option("--gpu-mem", help="Follow the memory plan for a GPU of this size (e.g. 8GiB): models the plan "
-              "swaps are released after their stage in every chunk (see `offline-seg plan`).")
+@click.option("--skip-missing", is_flag=True, help="Ablation table: leave images with no prediction out of the "
+              "score (as `eval --skip-missing`); by default they count as all-background.")
+@click.option("--gt-suffix", default="", help='Ablation table: ground-truth name ending to strip, as in `eval`.')
+@click.option("--pred-suffix", default="", help='Ablation table: prediction name ending to strip, as in `eval`.')
+@click.option("--retry-failed", is_flag=True, help="Try again the images an earlier run recorded as failed "
+              "(by default they are skipped and listed again).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: each model stage an actor pool on Ray Data, over many GPUs and machines "
+              "(needs the [ray] extra; same store, same outputs).")
+@click.option("--ray-address", help="Join this Ray cluster (HOST:PORT or auto); default: start Ray on this "
+              "machine only.")
+@click.option("--ray-actors", help="Actors per model stage: N, or per stage, e.g. segment=2,detect=2 (default 1).")
 def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
-        image_list: Path | None, gpu_mem: str | None, **options) -> None:
+        image_list: Path | None, retry_failed: bool, skip_missing: bool, gt_suffix: str, pred_suffix: str,
+        engine: str, ray_address: str | None, ray_actors: str | None, **options) -> None:
     """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
 
     Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
@@ -199,6 +251,8 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     from offline_seg.pipeline import Pipeline
     from offline_seg.engines.runner import BatchRunner, find_images
 
+    if engine != "ray" and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     base = _build_config(**options)
     root, images = find_images(source, recursive=not no_recursive, names=image_list)
     if not images:
@@ -215,39 +269,54 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     for row, config, row_out in runs:
         if row:
             click.secho(f"== {row} -> {row_out}", bold=True)
-        swapped: tuple[str, ...] = ()
-        if gpu_mem:
-            from offline_seg.plan import plan_for
+        pipeline = Pipeline(config)
+        _echo_plan(pipeline)
+        if engine == "ray":
+            from offline_seg.engines.ray_engine import RayOptions, RayRunner, parse_actors
 
-            plan = plan_for(config, gpu_mem)
-            swapped = plan.swapped_stages
-            click.echo(f"memory plan for {gpu_mem}: peak {plan.peak_bytes / 2**30:.2f} GiB "
-                       f"({'fits' if plan.fits else 'does NOT fit: ' + ', '.join(plan.suggestions)}); "
-                       f"resident: {', '.join(plan.resident_stages) or 'none'}; per chunk: {', '.join(swapped) or 'none'}")
-        runner = BatchRunner(Pipeline(config), row_out, chunk_size=chunk_size, swapped=swapped)
+            runner = RayRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed,
+                               options=RayOptions(address=ray_address, actors=parse_actors(ray_actors)),
+                               plan=pipeline.memory_plan)
+        else:
+            runner = BatchRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed)
         summary = runner.run(images, root=root)
         click.echo(summary.table())
-        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}")
+        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}"
+                   + (f" ({len(summary.failed)} failed)" if summary.failed else ""))
         for name, reason in sorted(summary.failed.items()):
             click.secho(f"failed: {name}: {reason}", fg="red", err=True)
         any_failed |= bool(summary.failed)
     if rows and base.ground_truth_dir is not None:
-        _print_ablation_table(runs, base)
+        _print_ablation_table(runs, base, skip_missing=skip_missing, gt_suffix=gt_suffix, pred_suffix=pred_suffix)
     if any_failed:
         sys.exit(1)
 
 
-def _print_ablation_table(runs, base) -> None:
-    """Score each row's output against --gt and print it beside the paper's Table 3."""
+def _echo_plan(pipeline) -> None:
+    """The memory plan's choices as the loaders will follow them (only with --gpu-mem)."""
+    plan = pipeline.memory_plan
+    if plan is None:
+        return
+    click.echo(f"memory plan for {plan.gpu_bytes / 2**30:.0f} GiB: peak {plan.peak_bytes / 2**30:.2f} GiB; "
+               f"resident: {', '.join(plan.resident_stages) or 'none'}; "
+               f"per chunk: {', '.join(plan.swapped_stages) or 'none'}")
+    for model in pipeline.chain.models:
+        click.echo(f"  {model.stage:10} {model.text()}{'' if model.resident else ' (load per chunk)'}")
+
+
+def _print_ablation_table(runs, base, **eval_options) -> None:
+    """Score each row's output against --gt with `eval`'s own code and options (`evaluate`) and print it
+    beside the paper's Table 3."""
     from offline_seg.evaluation import metrics as evaluation
     from offline_seg.evaluation.ablations import PAPER_MIOU, paper_row_name
 
     paper = PAPER_MIOU.get(base.classes.name, {})
     click.echo(f"\n| row | paper row | mIoU % (ours) | paper mIoU % ({base.classes.name}, GPT-4) |\n|---|---|---:|---:|")
     for row, config, row_out in runs:
-        report = evaluation.evaluate(row_out, base.ground_truth_dir, config.classes)
+        report = evaluation.evaluate(row_out, base.ground_truth_dir, config.classes, **eval_options)
         theirs = f"{paper[row]:.2f}" if row in paper else "n/a"
-        click.echo(f"| {row} | {paper_row_name(row)} | {100 * report.miou:.2f} | {theirs} |")
+        note = f" ({len(report.missing)} missing, {len(report.failed)} failed)" if not report.ok else ""
+        click.echo(f"| {row} | {paper_row_name(row)} | {100 * report.miou:.2f}{note} | {theirs} |")
 
 
 @main.command()
@@ -277,8 +346,8 @@ def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> 
                     fg="yellow")
     _run_segment(
         [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
-        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=20, labels=None, boxes="detect",
-        gt_dir=None, segmenter=None, llm=None, no_phrase_cache=False,
+        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=None, labels=None, boxes="detect",
+        gt_dir=None, segmenter=None, llm=None, gpu_mem=None, captioner_quant=None, no_phrase_cache=False,
         unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
         demo_image=demo_image(),
     )

@@ -44,8 +44,10 @@ def weights_list(weights_dir: Path) -> None:
             state = click.style("optional", fg="yellow")
         else:
             state = click.style("missing", fg="red")
-        click.echo(f"{key:15} {state:18} {_human(status.size_bytes):>9}  {status.entry.repo}"
+        revision = f"@{status.entry.revision[:12]}" if status.entry.revision else ""
+        click.echo(f"{key:15} {state:18} {_human(status.size_bytes):>9}  {status.entry.repo}{revision}"
                    + (f"  [{status.entry.license}]" if status.entry.license else ""))
+        click.echo(f"{'':15} {status.entry.description}")
         if status.missing:
             click.echo(f"{'':15} needs {', '.join(status.missing)} in {status.directory}")
 
@@ -56,10 +58,13 @@ def weights_verify(weights_dir: Path) -> None:
     """Check every file against the sha256 lock file, offline."""
     from offline_seg.weights import WeightsDir
 
-    report = WeightsDir(weights_dir).verify()
+    store = WeightsDir(weights_dir)
+    report = store.verify()
     bad = {name: state for name, state in report.items() if state != "ok"}
     for name, state in sorted(bad.items()):
         click.echo(f"{state:9} {name}")
+    for key, origins in store.revisions().items():
+        click.echo(f"{key:15} {', '.join(origins)}")
     click.echo(f"{len(report) - len(bad)} of {len(report)} files ok")
     if any(state in ("missing", "changed") for state in bad.values()):
         sys.exit(1)
@@ -69,11 +74,12 @@ def weights_verify(weights_dir: Path) -> None:
 @click.argument("models", nargs=-1)
 @_weights_dir_option
 def weights_pull(models: tuple[str, ...], weights_dir: Path) -> None:
-    """Download MODELS (default: all) into the weights dir. Run this on a connected machine."""
+    """Download MODELS (default: all but the large alternatives, e.g. llm_bf16) into the weights dir, each
+    from one pinned or resolved commit recorded in the lock file. Run this on a connected machine."""
     from offline_seg.weights import WeightsDir
 
     store = WeightsDir(weights_dir)
-    for key in models or tuple(store.manifest):
+    for key in models or tuple(k for k, entry in store.manifest.items() if entry.pull_default):
         click.echo(f"pulling {key} from {store.entry(key).repo} ...")
         store.pull(key)
     click.echo(f"done; lock file: {weights_dir / 'weights.lock.json'}")

@@ -9,6 +9,7 @@ a re-run after a crash, `kill -9` or a changed setting recomputes only what is m
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,22 +20,19 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.stages.composer import compose
-from offline_seg.errors import InvalidInputError
+from offline_seg.engines.faults import fault_point
+from offline_seg.errors import InvalidInputError, OfflineSegError
 from offline_seg.io.images import IMAGE_SUFFIXES, load_image
-from offline_seg.evaluation.oracle import boxes_from_ground_truth
 from offline_seg.io.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
-from offline_seg.engines.store import ResultStore, settings_key
-from offline_seg.stages.sam3 import is_sam3
+from offline_seg.engines.store import OutputLock, ResultStore, settings_key
+from offline_seg.specs import STEPS
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 from offline_seg.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("tag", "caption", "labels", "detect", "post_refine", "segment", "write")
-# The model each stage runs (names as in the memory plan).
-STAGE_MODELS = {"tag": "tagger", "caption": "captioner", "labels": "llm", "detect": "detector",
-                "post_refine": "llm", "segment": "segmenter"}
+STAGES = STEPS  # the chain's steps, in order (offline_seg.specs)
 # Dataset layouts: the image folder inside a dataset root.
 DATASET_IMAGE_DIRS = ("JPEGImages", "leftImg8bit", "val2017", "images")
 
@@ -56,9 +54,10 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
             source = source / name
             break
     pattern = "**/*" if recursive else "*"
+    # Every entry named like an image, also one that is not a regular file (a folder or FIFO named x.jpg,
+    # a symlink loop): the run lists those as failed with their reason instead of skipping them silently.
     images = sorted(
-        p for p in source.glob(pattern)
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay")
+        p for p in source.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_overlay")
     )
     if names is not None:
         wanted = [line.strip() for line in Path(names).read_text().splitlines() if line.strip()]
@@ -71,13 +70,39 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None)
     return source, images
 
 
+def output_names(paths: Sequence[Path], root: Path | None = None) -> list[str]:
+    """One distinct output name per input file: the path relative to `root` (or the file stem) without
+    its suffix; where two files would share a name (`a/x.jpg b/x.jpg`, `x.jpg x.png`) the name keeps
+    more of the path and, if still needed, the suffix, so no file's outputs overwrite another's."""
+    def name_of(path: Path, level: int) -> str:
+        if level == 0:
+            return str(path.relative_to(root).with_suffix("")) if root else path.stem
+        if level == 1:
+            parts = Path(os.path.abspath(path)).with_suffix("").parts
+            return "/".join(parts[-2:]) if root is None else str(path.relative_to(root).with_suffix(""))
+        return name_of(path, 1) + "_" + path.suffix.lstrip(".").lower()
+
+    names = [name_of(p, 0) for p in paths]
+    for level in (1, 2):
+        counts = Counter(names)
+        names = [name_of(p, level) if counts[n] > 1 else n for p, n in zip(paths, names)]
+    counts = Counter(names)
+    seen: Counter = Counter()
+    unique = []
+    for name in names:  # the same file given twice: number the repeats
+        seen[name] += 1
+        unique.append(name if counts[name] == 1 or seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
+
+
 @dataclass
 class RunSummary:
     """What a run did: per stage how many results were computed or reused, and the time spent."""
 
-    images: int = 0
-    done: int = 0
-    failed: dict[str, str] = field(default_factory=dict)  # image name -> reason
+    images: int = 0  # input files
+    done: int = 0  # input files whose outputs exist
+    failed: dict[str, str] = field(default_factory=dict)  # output name -> reason
+    skipped: int = 0  # failures of an earlier run, not retried (see `retry_failed`)
     computed: Counter = field(default_factory=Counter)
     reused: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)
@@ -96,7 +121,7 @@ class _Item:
 
     path: Path
     name: str  # output name: the path relative to the image root, without suffix
-    image_hash: str
+    image_hash: str | None
     image: Image.Image | None = None
     failed: str | None = None
     values: dict[str, Any] = field(default_factory=dict)
@@ -106,14 +131,17 @@ class BatchRunner:
     """Runs a `Pipeline` over many images, chunk by chunk and stage by stage, resumable."""
 
     def __init__(self, pipeline: Pipeline, out_dir: Path, chunk_size: int = 16, progress: bool = True,
-                 swapped: Sequence[str] = ()):
-        """`swapped`: models (tagger, captioner, llm, detector, segmenter) to release after their stage in
-        every chunk, as a memory plan (`offline_seg.plan`) decides for a small GPU; the rest stay loaded."""
+                 swapped: Sequence[str] | None = None, retry_failed: bool = False):
+        """The steps that run and the models released after each of their steps in every chunk come from
+        the pipeline's `ChainSpec` (a memory plan marks models not resident); `swapped` overrides the latter.
+        `retry_failed`: try again the files an earlier run recorded as failed (by default they are
+        skipped and reported again; a file whose bytes changed is always tried again)."""
         self.pipeline = pipeline
+        self.retry_failed = retry_failed
         self.out_dir = Path(out_dir)
         self.chunk_size = max(1, int(chunk_size))
         self.progress = progress
-        self.swapped = set(swapped)
+        self.swapped = set(pipeline.chain.swapped if swapped is None else swapped)
         self.keys = stage_keys(pipeline)
 
     def run(self, images: Sequence[Path], root: Path | None = None) -> RunSummary:
@@ -121,114 +149,179 @@ class BatchRunner:
 
         summary = RunSummary(images=len(images))
         root = Path(root) if root else None
-        stages = self._active_stages()
+        self.pipeline.preflight()  # every missing weights file, before the first image
+        stages = self.active_stages()
         bars = {
             stage: tqdm(total=len(images), desc=f"{stage:11}", unit="img", position=i, leave=True,
                         disable=not self.progress)
             for i, stage in enumerate(stages)
         }
-        with ResultStore.in_dir(self.out_dir) as store:
+        names = output_names(images, root)
+        with OutputLock(self.out_dir), ResultStore.in_dir(self.out_dir) as store:
             try:
                 for start in range(0, len(images), self.chunk_size):
-                    chunk = self._open_chunk(store, images[start : start + self.chunk_size], root, summary)
+                    chunk = self.open_items(store, images[start : start + self.chunk_size],
+                                             names[start : start + self.chunk_size], summary)
                     for stage in stages:
                         self._run_stage(stage, chunk, store, summary)
                         bars[stage].update(len(chunk))
                         self._release_after(stage)
-                    self._finish(chunk, store, summary)
+                    self.finish(chunk, store, summary)
             finally:
                 for bar in bars.values():
                     bar.close()
         return summary
 
     # --- chunk set-up ---------------------------------------------------------------------------
-    def _open_chunk(self, store: ResultStore, paths: Sequence[Path], root: Path | None, summary: RunSummary) -> list[_Item]:
+    def open_items(self, store: ResultStore, paths: Sequence[Path], names: Sequence[str],
+                    summary: RunSummary) -> list[_Item]:
         items = []
-        for path in paths:
-            name = str(path.relative_to(root).with_suffix("")) if root else path.stem
+        for path, name in zip(paths, names):
             try:
+                if not path.is_file():  # a folder, FIFO (reading it would block) or symlink loop named *.jpg
+                    raise InvalidInputError("not a regular file" + (" (a symlink loop or a dangling link)"
+                                                                    if path.is_symlink() else ""))
                 image_hash = sha256_file(path)
-            except OSError as error:
-                store.record_unreadable(str(path), str(error))
-                summary.failed[name] = str(error)
+            except (OSError, InvalidInputError) as error:
+                store.add_image(name, str(path), None)
+                reason = f"cannot read image {path}: {getattr(error, 'strerror', None) or error}"
+                store.set_status(name, "failed", reason)
+                summary.failed[name] = reason
                 continue
-            store.add_image(image_hash, name, str(path))
+            record = store.add_image(name, str(path), image_hash)
+            if record.status == "failed" and not self.retry_failed:
+                summary.failed[name] = f"{record.reason} (an earlier run; --retry-failed to try again)"
+                summary.skipped += 1
+                continue
             items.append(_Item(path, name, image_hash))
         return items
 
     def _release_after(self, stage: str) -> None:
-        model = STAGE_MODELS.get(stage)
+        model = self.pipeline.chain.step_model(stage)
         if model in self.swapped:  # the plan loads it once per use (the LLM: for pre- and for post-refinement)
             self.pipeline.release(model)
 
-    def _active_stages(self) -> list[str]:
-        c = self.pipeline.config
-        if c.oracle_boxes:
-            return ["detect", "segment", "write"]
-        stages = list(STAGES)
-        if c.oracle_labels or c.labels is not None:
-            stages = [s for s in stages if s not in ("tag", "caption")]
-        elif not c.use_caption:
-            stages.remove("caption")
-        if is_sam3(c.detector):  # its detections are class names already
-            stages.remove("post_refine")
-        return stages
+    def active_stages(self) -> list[str]:
+        """The steps the chain runs, in order (decided once, by `offline_seg.specs.chain_spec`)."""
+        return list(self.pipeline.chain.steps)
 
     # --- one stage over a chunk -----------------------------------------------------------------
     def _run_stage(self, stage: str, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
-        key = self.keys[stage]
         todo = []
         for item in chunk:
             if item.failed:
                 continue
-            cached = store.get(item.image_hash, stage, key)
-            if stage == "write" and cached is not None and not Path(cached["record"]).is_file():
-                cached = None  # the outputs were deleted since: write them again from the stored stages
+            cached = self.lookup(stage, item, store)
             if cached is None:
                 todo.append(item)
             else:
                 item.values[stage] = cached
                 summary.reused[stage] += 1
-        for item in todo:  # images are opened only when some stage needs their pixels
-            if item.image is None and stage not in ("labels", "post_refine"):
-                self._load(item, store, summary)
-        todo = [item for item in todo if not item.failed]
-        if not todo:
-            return
-        start = time.perf_counter()
-        try:
-            results = getattr(self, f"_compute_{stage}")(todo)
-        except InvalidInputError as error:  # e.g. a missing ground truth: fail those images, go on
-            for item in todo:
-                self._fail(item, store, summary, f"{stage}: {error}")
-            return
-        seconds = (time.perf_counter() - start) / len(todo)
+        # Identical files in the chunk: compute once (the first of them), share the result.
+        first: dict[str, _Item] = {}
+        copies: list[_Item] = []
+        for item in todo:
+            if stage != "write" and item.image_hash in first:
+                copies.append(item)
+            else:
+                first.setdefault(item.image_hash if stage != "write" else item.name, item)
+        todo = list(first.values())
+        results, seconds = self.compute(stage, todo)
         for item, value in zip(todo, results):
-            if isinstance(value, _Failure):
-                self._fail(item, store, summary, f"{stage}: {value.reason}")
-                continue
-            item.values[stage] = value
-            store.put(item.image_hash, stage, key, value, seconds)
-            summary.computed[stage] += 1
-            summary.seconds[stage] += seconds
+            self.commit(stage, item, value, seconds, store, summary)
+        for item in copies:
+            original = next(i for i in todo + chunk if i.image_hash == item.image_hash and i is not item
+                            and (stage in i.values or i.failed))
+            if original.failed:
+                self._fail(item, store, summary, original.failed)
+            else:
+                item.values[stage] = original.values[stage]
+                summary.reused[stage] += 1
 
-    def _finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
+    # The three steps of a stage, also called by the Ray engine (`offline_seg.engines.ray_engine`): the
+    # driver looks up and commits, the workers compute (no store there).
+    def lookup(self, stage: str, item: _Item, store: ResultStore) -> Any | None:
+        """The stored result of `stage` for `item`; None when the stage must run for it. Writing is kept
+        per input file, never shared between identical files."""
+        key = self.keys[stage]
+        if stage != "write":
+            return store.get(item.image_hash, stage, key)
+        cached = store.get_write(item.name, key)
+        if cached is not None and not all(Path(cached[k]).is_file() for k in ("mask", "overlay", "record")):
+            return None  # the outputs were deleted since: write them again from the stored stages
+        return cached
+
+    def compute(self, stage: str, items: list[_Item]) -> tuple[list[Any], float]:
+        """`stage` on `items`, their pixels opened as needed: one value (or `StageFailure`) per item, and
+        the seconds per item. Touches no store, so it runs anywhere the weights and images are."""
+        unreadable: dict[int, StageFailure] = {}
+        for item in items:  # images are opened only when some stage needs their pixels
+            if item.image is None and stage not in ("labels", "post_refine"):
+                try:
+                    item.image = load_image(item.path)
+                except InvalidInputError as error:
+                    unreadable[id(item)] = StageFailure(str(error))
+                except Exception as error:  # noqa: BLE001 - whatever a decoder raises fails this file only
+                    unreadable[id(item)] = StageFailure(f"cannot read image {item.path}: {failure_reason(error)}")
+        ready = [item for item in items if id(item) not in unreadable]
+        if not ready:
+            return [unreadable[id(item)] for item in items], 0.0
+        start = time.perf_counter()
+        computed = self._compute(stage, ready)
+        seconds = (time.perf_counter() - start) / len(ready)
+        values: dict[int, Any] = {
+            id(item): StageFailure(f"{stage}: {value.reason}") if isinstance(value, StageFailure) else value
+            for item, value in zip(ready, computed)
+        }
+        values.update(unreadable)
+        return [values[id(item)] for item in items], seconds
+
+    def commit(self, stage: str, item: _Item, value: Any, seconds: float, store: ResultStore,
+               summary: RunSummary) -> None:
+        """Store one computed result (or the image's failure) and count it."""
+        if isinstance(value, StageFailure):
+            self._fail(item, store, summary, value.reason)
+            return
+        item.values[stage] = value
+        if stage == "write":
+            store.put_write(item.name, self.keys[stage], value)
+        else:
+            store.put(item.image_hash, stage, self.keys[stage], value, seconds)
+        summary.computed[stage] += 1
+        summary.seconds[stage] += seconds
+        fault_point("after", stage, summary.computed[stage])
+
+    def _compute(self, stage: str, items: list[_Item]) -> list[Any]:
+        """One stage over some images. An error of one image is that image's failure: a batch that raises
+        is split and run image by image; CUDA out-of-memory frees the cache and tries once more. Errors that
+        no image can cure (missing weights, an LLM server that is down) stop the run."""
+        compute = getattr(self, f"_compute_{stage}")
+        try:
+            return with_oom_retry(lambda: compute(items), self.pipeline.config.device)
+        except InvalidInputError as error:
+            if len(items) == 1:
+                return [StageFailure(failure_reason(error))]
+            logger.info("%s failed on a batch of %d (%s); running them one by one", stage, len(items), error)
+        except OfflineSegError:  # missing weights, an unreachable LLM server: the same for every image
+            raise
+        except Exception as error:  # noqa: BLE001 - one image's failure must not stop the batch
+            if len(items) == 1:
+                logger.debug("%s failed on %s", stage, items[0].name, exc_info=True)
+                return [StageFailure(failure_reason(error))]
+            logger.info("%s failed on a batch of %d (%s); running them one by one", stage, len(items), error)
+        return [self._compute(stage, [item])[0] for item in items]
+
+    def finish(self, chunk: list[_Item], store: ResultStore, summary: RunSummary) -> None:
         """After the last stage: every image of the chunk that did not fail is done."""
         for item in chunk:
-            if not item.failed:
-                store.set_status(item.image_hash, "done")
+            if not item.failed and "write" in item.values:
+                store.set_status(item.name, "done")
                 summary.done += 1
             item.image = None  # the chunk's pixels can go
 
-    def _load(self, item: _Item, store: ResultStore, summary: RunSummary) -> None:
-        try:
-            item.image = load_image(item.path)
-        except InvalidInputError as error:
-            self._fail(item, store, summary, str(error))
-
     def _fail(self, item: _Item, store: ResultStore, summary: RunSummary, reason: str) -> None:
         item.failed = reason
-        store.set_status(item.image_hash, "failed", reason)
+        store.set_status(item.name, "failed", reason)
         summary.failed[item.name] = reason
         logger.warning("%s failed: %s", item.name, reason)
 
@@ -250,8 +343,8 @@ class BatchRunner:
     def _compute_detect(self, items: list[_Item]) -> list[Any]:
         c = self.pipeline.config
         if c.oracle_boxes:
-            return [_guard(lambda i=i: _detections_value(boxes_from_ground_truth(self._truth(i), c.classes),
-                                                          labelled=True)) for i in items]
+            return [_guard(lambda i=i: _detections_value(
+                self.pipeline.ground_truth_boxes(self._truth(i), i.path.stem), labelled=True)) for i in items]
         return [_detections_value(self.pipeline.detect(i.image, i.values["labels"]["labels"])) for i in items]
 
     def _compute_post_refine(self, items: list[_Item]) -> list[Any]:
@@ -317,16 +410,55 @@ class BatchRunner:
 
 
 
+def stage_identities(pipeline: Pipeline) -> dict[str, str]:
+    """What each stage's results depend on beyond its settings, as content: each model's description
+    (`ModelSpec`: backend, dtype, quantization, options) with its files' identity in place of its path,
+    the prompt texts (not the prompts folder's name), the LLM a server actually serves."""
+    from dataclasses import replace
+
+    from offline_seg.stages.refiner import PromptTemplates
+    from offline_seg.weights import model_identity
+
+    c = pipeline.config
+    uses_llm = c.pre_refine or c.post_refine
+
+    def identity(stage: str) -> str:
+        spec = pipeline.model_spec(stage)
+        if stage == "llm":
+            return llm_identity(spec)
+        return replace(spec, path=model_identity(Path(spec.path)), device="", resident=True,
+                       gpu_memory_utilization=None).text()
+
+    templates = PromptTemplates.load(c.prompts_dir) if uses_llm else None
+    return {
+        **{stage: identity(stage) for stage in ("tagger", "captioner", "detector", "segmenter")},
+        "llm": identity("llm") if uses_llm else "none",
+        "prompts": settings_key(templates.pre_refine, templates.post_refine) if templates else "none",
+    }
+
+
+def llm_identity(spec) -> str:
+    """The LLM backend's own identity (as the phrase cache uses it): its files and loading options for a
+    local model, the served model's name for a server (if the server cannot be asked now, its URL)."""
+    from offline_seg.llm.base import load_llm
+
+    try:
+        return str(load_llm(spec).identity)  # builds the client only: nothing is loaded
+    except OfflineSegError as error:
+        logger.warning("cannot ask %s which model it serves (%s); keying its results by the spec", spec.path, error)
+        return spec.text()
+
+
 def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     """Each stage's settings key, chained through the stages it depends on."""
     c = pipeline.config
-    weights = str(pipeline.weights.root.resolve())
+    ids = stage_identities(pipeline)
     classes = list(c.classes.names)
-    llm = c.llm or f"{weights}/llm"
-    prompts = str(c.prompts_dir) if c.prompts_dir else "builtin"
+    llm = ids["llm"]
+    prompts = ids["prompts"]
     keys: dict[str, str] = {}
-    keys["tag"] = settings_key("tag", weights)
-    keys["caption"] = settings_key("caption", weights, c.use_caption)
+    keys["tag"] = settings_key("tag", ids["tagger"])
+    keys["caption"] = settings_key("caption", ids["captioner"], c.use_caption)
     if c.oracle_labels or c.oracle_boxes:
         keys["labels"] = settings_key("labels-gt", str(c.ground_truth_dir), classes)
     elif c.labels is not None:
@@ -335,24 +467,50 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
         keys["labels"] = settings_key("labels", keys["tag"], keys["caption"], c.pre_refine, llm, c.constrained,
                                       prompts, classes)
     if c.oracle_boxes:
-        keys["detect"] = settings_key("boxes-gt", keys["labels"])
-    elif is_sam3(c.detector):  # detects and segments: its masks go into the detect value
-        keys["detect"] = settings_key("detect-sam3", keys["labels"], c.detector, weights, c.sam3_score_threshold,
+        keys["detect"] = settings_key("boxes-gt", keys["labels"], c.gt_box_expand, c.gt_box_jitter, c.seed)
+    elif pipeline.chain.masks_from == "detector":  # SAM 3 detects and segments: its masks go into the detect value
+        keys["detect"] = settings_key("detect-sam3", keys["labels"], ids["detector"], c.sam3_score_threshold,
                                       c.sam3_presence_threshold, c.sam3_mask_threshold)
     else:
-        keys["detect"] = settings_key("detect", keys["labels"], weights, c.box_threshold, c.text_threshold, c.nms_iou)
+        keys["detect"] = settings_key("detect", keys["labels"], ids["detector"], c.box_threshold, c.text_threshold,
+                                      c.nms_iou)
     keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
-    keys["segment"] = settings_key("segment", segment_input, c.segmenter or f"sam:{weights}", c.num_points)
-    if is_sam3(c.detector):  # the detect stage's masks, reused
+    # With no points the strategy changes nothing: box-only results are shared by every strategy.
+    keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points,
+                                   c.point_strategy if c.num_points else "box-only")
+    if pipeline.chain.masks_from == "detector":  # the detect step's masks, reused
         keys["segment"] = settings_key("segment-reuse", keys["detect"])
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 
 
 @dataclass
-class _Failure:
+class StageFailure:
     reason: str
+
+
+def failure_reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if not isinstance(error, InvalidInputError) else text
+
+
+def with_oom_retry(compute: Callable[[], Any], device: str) -> Any:
+    """Run `compute`; on CUDA out-of-memory empty the allocator's cache and run it once more."""
+    try:
+        return compute()
+    except Exception as error:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(error, torch.cuda.OutOfMemoryError):
+            raise
+        logger.warning("CUDA out of memory (%s); emptying the cache and trying once more", error)
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        return compute()
 
 
 def _guard(compute: Callable[[], Any]) -> Any:
@@ -360,7 +518,7 @@ def _guard(compute: Callable[[], Any]) -> Any:
     try:
         return compute()
     except InvalidInputError as error:
-        return _Failure(str(error))
+        return StageFailure(str(error))
 
 
 def _recognition(values: dict[str, Any]) -> Recognition:

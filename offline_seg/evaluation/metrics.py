@@ -243,7 +243,14 @@ def evaluate(
     for key in progress(keys) if progress else keys:
         gt_path, pred_path = gt_files[key], pred_files.get(key, pred_dir / f"{key}{pred_suffix}.png")
         try:
-            gt = classes.class_indices(read_label_map(gt_path, "ground truth"))
+            raw = read_label_map(gt_path, "ground truth")
+            unknown = classes.unknown_ids(raw)
+            if unknown:
+                raise InvalidInputError(
+                    f"ground truth {gt_path.name} holds id(s) {', '.join(map(str, unknown[:8]))} that the "
+                    f"{classes.name} class list does not have (ids {min(classes.ids)}..{max(classes.ids)}, "
+                    f"void {classes.ignore_index}): another dataset's labels, or a colour-coded map?")
+            gt = classes.class_indices(raw)
         except InvalidInputError as error:
             logger.warning("%s: %s (not scored)", key, error)
             scores.append(ImageScore(key, gt_path, pred_path, FAILED, scored=False, error=str(error)))

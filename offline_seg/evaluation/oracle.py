@@ -2,11 +2,13 @@
 
 `--labels gt` replaces recognition + pre-refinement by the classes present in the ground truth (the
 paper's "ground-truth labels" row); `--boxes gt` replaces everything before the segmenter by one box per
-connected component of each class (a row that isolates the segmenter).
+connected component of each class (a row that isolates the segmenter). Detector boxes are rarely tight:
+`loosen_boxes` widens (`--gt-box-expand`) and jitters (`--gt-box-jitter`, fixed `--seed`) the oracle's.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +89,30 @@ def boxes_from_ground_truth(class_map: np.ndarray, classes: ClassList, min_area:
     if not boxes:
         return Detections.empty()
     return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), list(labels), list(labels))
+
+
+def loosen_boxes(
+    detections: Detections, size: tuple[int, int], expand: float = 0.0, jitter: float = 0.0, seed: int = 0,
+    key: str = "",
+) -> Detections:
+    """Ground-truth boxes made detector-like, clipped to the image (`size` = (width, height)).
+
+    Each side moves out by `expand` × the box's width (left/right) or height (top/bottom), then by a
+    uniform random shift in [−jitter, +jitter] × the same length, drawn from `seed` and `key` (the image's
+    name, so images get different shifts): the same inputs always give the same boxes. Corners are clipped
+    to the pixel grid and kept ordered.
+    """
+    if expand < 0 or jitter < 0:
+        raise InvalidInputError("--gt-box-expand and --gt-box-jitter must be >= 0")
+    if len(detections) == 0 or (expand == 0 and jitter == 0):
+        return detections
+    boxes = detections.boxes.astype(np.float64)
+    lengths = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)  # (w, h, w, h) per box
+    outward = np.array([-1.0, -1.0, 1.0, 1.0])
+    shift = np.random.default_rng([seed, zlib.crc32(key.encode())]).uniform(-jitter, jitter, boxes.shape) if jitter else 0.0
+    moved = boxes + (outward * expand + shift) * lengths
+    width, height = size
+    low = np.clip(np.minimum(moved[:, :2], moved[:, 2:]), 0, [width - 1, height - 1])
+    high = np.clip(np.maximum(moved[:, :2], moved[:, 2:]), 0, [width - 1, height - 1])
+    return Detections(np.concatenate([low, high], axis=1).astype(np.float32), detections.scores,
+                      list(detections.phrases), list(detections.labels))

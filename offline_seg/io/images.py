@@ -18,13 +18,32 @@ def load_image(source: str | Path | Image.Image) -> Image.Image:
         return source.convert("RGB")
     path = Path(source)
     if not path.is_file():
-        raise InvalidInputError(f"image not found: {path}")
+        what = ("a folder" if path.is_dir() else "not a regular file" if path.exists()
+                else "a symlink loop or a dangling link" if path.is_symlink() else "not found")
+        raise InvalidInputError(f"cannot read image {path}: {what}")
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"cannot read image {path}: the file is empty (0 bytes)")
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            return _to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as error:  # a header claiming more pixels than PIL's safety limit
+        raise InvalidInputError(f"cannot read image {path}: too large ({error})") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InvalidInputError(f"cannot read image {path}: {error}") from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode; 16/32-bit grey is scaled to 8 bits (PIL's own conversion would clip it)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max(initial=0)), 1.0)
+        image = Image.fromarray(np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")  # transparent pixels onto white, not onto whatever colour they hold
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
 
 
 def read_label_map(path: Path, what: str = "label map") -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Protocol, Sequence, TypedDict, Union
 from urllib.parse import parse_qsl
 
 from offline_seg.errors import InvalidInputError
+from offline_seg.specs import ModelSpec
 
 
 class ChatMessage(TypedDict):
@@ -140,49 +141,48 @@ def _flag(value: str) -> bool:
 BACKENDS = ("transformers", "vllm", "openai")
 
 
-def load_llm(spec: str | Path, *, device: str = "cpu") -> LLM:
-    """Build a backend from a spec: `transformers:DIR_OR_GGUF`, `vllm:DIR`, `openai:http://127.0.0.1:8000/v1`
-    (a bare path means transformers). Options follow `?`, e.g. `vllm:DIR?gpu_memory_utilization=0.4`."""
-    text = str(spec)
-    backend, _, target = text.partition(":")
-    if not target or len(backend) == 1:  # a bare path (or a Windows drive letter)
-        backend, target = "transformers", text
-    target, options = split_options(target)
+def load_llm(spec: str | Path | ModelSpec, *, device: str = "cpu") -> LLM:
+    """Build a backend from its description: a `ModelSpec`, or the `kind:PATH?key=value` text
+    `offline_seg.specs.parse_spec` reads: `transformers:DIR_OR_GGUF` (also a bare path), `vllm:DIR`,
+    `openai:http://127.0.0.1:8000/v1`, e.g. `vllm:DIR?gpu_memory_utilization=0.4&quantization=awq`."""
+    from offline_seg.specs import parse_spec
+
+    model = spec if isinstance(spec, ModelSpec) else parse_spec(str(spec), "llm", device=device)
+    options = model.option_dict
     try:
-        if backend == "transformers":
+        if model.backend == "transformers":
             from offline_seg.llm.transformers_backend import TransformersLLM
 
-            quantization = options.pop("quantization", None) or None
-            batch_size = int(options.pop("batch_size", 8))
-            _reject_unknown(options, backend)
-            return TransformersLLM(Path(target), device=device, quantization=quantization, batch_size=batch_size)
-        if backend == "vllm":
+            return TransformersLLM(Path(model.path), device=model.device, quantization=model.quantization,
+                                   batch_size=int(options.get("batch_size", 8)), dtype=model.torch_dtype())
+        if model.backend == "vllm":
             from offline_seg.llm.vllm_backend import VllmLLM
 
-            kwargs: dict[str, object] = {}
-            for key, cast in (("gpu_memory_utilization", float), ("max_model_len", int), ("quantization", str),
-                              ("dtype", str), ("tensor_parallel_size", int), ("enforce_eager", _flag)):
-                if key in options:
-                    kwargs[key] = cast(options.pop(key))
-            _reject_unknown(options, backend)
-            return VllmLLM(Path(target), **kwargs)  # type: ignore[arg-type]
-        if backend == "openai":
-            from offline_seg.llm.openai_backend import OpenAILLM
+            # vLLM quantizes a plain checkpoint to 4 bits in flight with bitsandbytes
+            kwargs: dict[str, object] = {"quantization": {"int4": "bitsandbytes"}.get(model.quantization or "",
+                                                                                       model.quantization)}
+            if model.dtype is not None:
+                kwargs["dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[model.dtype]
+            if model.gpu_memory_utilization is not None:
+                kwargs["gpu_memory_utilization"] = model.gpu_memory_utilization
+            if model.max_model_len is not None:
+                kwargs["max_model_len"] = model.max_model_len
+            if "tensor_parallel_size" in options:
+                kwargs["tensor_parallel_size"] = int(options["tensor_parallel_size"])
+            if "enforce_eager" in options:
+                kwargs["enforce_eager"] = _flag(options["enforce_eager"])
+            return VllmLLM(Path(model.path), **kwargs)  # type: ignore[arg-type]
+        from offline_seg.llm.openai_backend import OpenAILLM
 
-            kwargs = {}
-            for key, cast in (("model", str), ("constraint", str), ("concurrency", int), ("timeout", float),
-                              ("retries", int), ("allow_remote", _flag)):
-                if key in options:
-                    kwargs[key] = cast(options.pop(key))
-            _reject_unknown(options, backend)
-            return OpenAILLM(target, **kwargs)  # type: ignore[arg-type]
+        kwargs = {}
+        for key, cast in (("model", str), ("constraint", str), ("concurrency", int), ("timeout", float),
+                          ("retries", int), ("allow_remote", _flag)):
+            if key in options:
+                kwargs[key] = cast(options[key])
+        return OpenAILLM(model.path, **kwargs)  # type: ignore[arg-type]
     except ValueError as error:
         if isinstance(error, InvalidInputError):
             raise
-        raise InvalidInputError(f"bad option in LLM spec {text!r}: {error}") from error
-    raise InvalidInputError(f"unknown LLM backend {backend!r} in {text!r}; available: {', '.join(BACKENDS)}")
+        raise InvalidInputError(f"bad option in LLM spec {model.text()!r}: {error}") from error
 
 
-def _reject_unknown(options: dict[str, str], backend: str) -> None:
-    if options:
-        raise InvalidInputError(f"unknown option(s) {', '.join(sorted(options))} for the {backend} LLM backend")

@@ -88,12 +88,15 @@ class OpenAILLM:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.stats = LLMStats()
-        # Never through a proxy: the server is local, and a proxy would be a way out of the machine.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # Never through a proxy and never along a redirect: the server is local, and either would be a way
+        # out of the machine.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
         self._probed = False
 
     @property
     def identity(self) -> str:
+        """The URL and the model the server serves (asked once), so two models behind one URL differ."""
+        self._probe()
         return f"openai:{self.base_url}:{self.model or ''}"
 
     # --- HTTP ---------------------------------------------------------------------------------
@@ -106,8 +109,16 @@ class OpenAILLM:
         while True:
             try:
                 with self._opener.open(request, timeout=timeout or self.timeout) as response:
-                    return json.loads(response.read().decode())
+                    raw = response.read()
+                try:
+                    return json.loads(raw.decode())
+                except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                    raise LLMServerError(f"LLM server {url} answered something that is not JSON: "
+                                         f"{raw[:200]!r}") from error
             except urllib.error.HTTPError as error:
+                if 300 <= error.code < 400:
+                    raise LLMServerError(f"LLM server {url} redirected to {error.headers.get('Location')!r}; "
+                                         "redirects are not followed (the toolkit stays on this machine)") from error
                 detail = error.read().decode(errors="replace")[:500]
                 if error.code not in _RETRY_STATUS or attempt >= self.retries:
                     raise LLMServerError(f"LLM server {url} answered HTTP {error.code}: {detail}") from error
@@ -163,8 +174,12 @@ class OpenAILLM:
 
     def _one(self, conversation: Sequence[ChatMessage], constraint: Constraint | None, max_tokens: int) -> _Reply:
         data = self._request("/chat/completions", self._body(conversation, constraint, max_tokens))
-        choice = data["choices"][0]
-        text = (choice["message"].get("content") or "").strip()
+        try:
+            choice = data["choices"][0]
+            text = (choice["message"].get("content") or "").strip()
+        except (KeyError, IndexError, TypeError, AttributeError) as error:
+            raise LLMServerError(f"LLM server {self.base_url} answered without a chat completion: "
+                                 f"{json.dumps(data)[:200]}") from error
         usage = data.get("usage") or {}
         truncated = choice.get("finish_reason") == "length"
         return _Reply(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), truncated)
@@ -207,10 +222,24 @@ def _list_prefix(answer: str, constraint: LabelList) -> str:
     return constraint.separator.join(members) if members else answer
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: the 3xx answer surfaces as an HTTPError instead of a request elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None
+
+
 def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+    """An IP literal on loopback, or `localhost` when this machine resolves it to loopback only (a hosts
+    file can point it anywhere)."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    if host.lower() != "localhost":
         return False
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)

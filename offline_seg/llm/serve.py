@@ -21,6 +21,16 @@ from offline_seg.errors import OfflineSegError
 logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("awq", "gptq", "bitsandbytes", "fp8")
+# vLLM reports usage statistics to its own server unless told not to, and the Hugging Face libraries it
+# uses look things up on the hub unless offline: every vLLM this toolkit starts (in-process or a server)
+# runs with these set.
+OFFLINE_ENV = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,8 @@ def cpu_environment(threads: int | None = None) -> dict[str, str]:
 
 
 class ServerProcess:
-    """A server started in its own process group, ready once `/health` answers; stopped by its PID."""
+    """A server started in its own process group, ready once `/health` answers; stopped by its PID.
+    It runs with `OFFLINE_ENV` on top of this process's environment and `env`."""
 
     def __init__(self, command: Sequence[str], base_url: str, *, env: dict[str, str] | None = None,
                  log: Path | None = None) -> None:
@@ -112,7 +123,7 @@ class ServerProcess:
         self._log_file = open(self.log, "wb") if self.log else None  # noqa: SIM115 - closed in stop()
         output = self._log_file or subprocess.DEVNULL
         self.process = subprocess.Popen(
-            self.command, env={**os.environ, **(self.env or {})}, stdout=output, stderr=subprocess.STDOUT,
+            self.command, env={**os.environ, **(self.env or {}), **OFFLINE_ENV}, stdout=output, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         health = self.base_url.removesuffix("/v1") + "/health"

@@ -10,9 +10,10 @@ from typing import Sequence
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from offline_seg.errors import InvalidInputError, MissingWeightsError
+from offline_seg.errors import InvalidInputError, MissingWeightsError, OfflineSegError
 from offline_seg.llm.base import ChatMessage, Choice, Constraint, LabelList, LLMStats, resolve_constraint
 from offline_seg.llm.constraints import LabelListAutomaton
+from offline_seg.models.hf import bitsandbytes_config
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +23,9 @@ class TransformersLLM:
 
     With a `Choice`, each answer is the option of highest conditional log-likelihood (option tokens plus
     the end-of-turn token); with a `LabelList`, greedy decoding is masked to a token trie of the labels.
-    Either way the reply is valid whatever the model's size. `quantization` ("4bit"/"8bit") loads the
-    weights with bitsandbytes (a CUDA device in practice).
+    Either way the reply is valid whatever the model's size. `quantization` ("int4"/"int8") loads the
+    Linear weights with bitsandbytes (nf4 in blocks of 64 / LLM.int8), as the memory plan counts them;
+    "awq"/"gptq" name a pre-quantized checkpoint, loaded as it is.
     """
 
     def __init__(
@@ -35,8 +37,9 @@ class TransformersLLM:
         batch_size: int = 8,
         quantization: str | None = None,
     ) -> None:
-        if quantization not in (None, "4bit", "8bit"):
-            raise InvalidInputError(f"transformers quantization must be 4bit or 8bit, not {quantization!r}")
+        quantization = {"4bit": "int4", "8bit": "int8"}.get(quantization or "", quantization)
+        if quantization not in (None, "int4", "int8", "awq", "gptq"):
+            raise InvalidInputError(f"transformers quantization must be int4, int8, awq or gptq, not {quantization!r}")
         self.model_path = Path(model_path)
         self.device = device
         self.dtype = dtype
@@ -50,9 +53,9 @@ class TransformersLLM:
     @property
     def identity(self) -> str:
         """What a persistent answer cache is keyed by: the model file(s) and the loading options."""
-        path = self.model_path.resolve()
-        stamp = path.stat().st_size if path.is_file() else ""
-        return f"transformers:{path}:{stamp}:{self.quantization or ''}"
+        from offline_seg.weights import model_identity
+
+        return f"transformers:{model_identity(self.model_path)}:{self.quantization or ''}"
 
     # --- loading ------------------------------------------------------------------------------
     def _locate(self) -> tuple[Path, dict[str, str]]:
@@ -76,19 +79,29 @@ class TransformersLLM:
         directory, extra = self._locate()
         logger.info("loading LLM from %s %s", directory, extra or "")
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
-        if self.quantization is not None:
-            from transformers import BitsAndBytesConfig
-
-            bits = {"load_in_4bit": True} if self.quantization == "4bit" else {"load_in_8bit": True}
-            extra = {**extra, "quantization_config": BitsAndBytesConfig(**bits), "device_map": self.device}
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=self.dtype, **extra)
-        if self.quantization is None:
+        bits = bitsandbytes_config(self.quantization, self.dtype)
+        if bits is not None:
+            extra = {**extra, "quantization_config": bits, "device_map": self.device}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=self.dtype, **extra)
+        except ImportError as error:  # e.g. an AWQ/GPTQ checkpoint without its kernel package
+            raise OfflineSegError(
+                f"cannot load the LLM in {directory} with transformers: {error}. A pre-quantized AWQ/GPTQ "
+                f"checkpoint (the default `llm`) is served by vLLM as it is: --llm vllm:{directory}; or pull "
+                "`llm_bf16` and use --llm WEIGHTS/llm_bf16 (bitsandbytes 4-bit in flight)") from error
+        if bits is None:
             model.to(self.device)
         model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer, self._model = tokenizer, model
+
+    @property
+    def model(self):
+        """The loaded torch model (loads it on first use)."""
+        self._load()
+        return self._model
 
     def _end_of_turn_id(self) -> int:
         return self._end_ids()[0]

@@ -7,13 +7,14 @@ runs in the separate vLLM venv (whose transformers is older than the main one's)
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from offline_seg.errors import InvalidInputError, MissingWeightsError, OfflineSegError
 from offline_seg.llm.base import ChatMessage, Choice, Constraint, LabelList, LLMStats, resolve_constraint
 from offline_seg.llm.constraints import constraint_regex
-from offline_seg.llm.serve import DEFAULT_MAX_MODEL_LEN, DEFAULT_SHARE, QUANTIZATIONS
+from offline_seg.llm.serve import DEFAULT_MAX_MODEL_LEN, DEFAULT_SHARE, OFFLINE_ENV, QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,16 @@ class VllmLLM:
 
     @property
     def identity(self) -> str:
-        return f"vllm:{self.model_path.resolve()}:{self.engine_args['quantization'] or ''}"
+        from offline_seg.weights import model_identity
+
+        return f"vllm:{model_identity(self.model_path)}:{self.engine_args['quantization'] or ''}"
 
     def _load(self):
         if self._engine is None:
             if not (self.model_path / "config.json").is_file():
                 raise MissingWeightsError(self.model_path / "config.json", component="llm")
+            # Before vLLM is imported: it reads them at import and its engine processes inherit them.
+            os.environ.update(OFFLINE_ENV)
             try:
                 from vllm import LLM
             except ImportError as error:

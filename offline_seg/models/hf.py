@@ -32,11 +32,36 @@ def load_local_pretrained(
     *,
     device: str = "cpu",
     dtype: object | None = None,
+    quantization: str | None = None,
 ) -> tuple[Any, Any]:
-    """(processor, model in eval mode on `device`) from a local dir; `local_files_only`, never the hub."""
+    """(processor, model in eval mode on `device`) from a local dir; `local_files_only`, never the hub.
+    `quantization` int8/int4 loads the Linear weights with bitsandbytes."""
     directory = check_model_dir(model_dir, component, required)
-    logger.info("loading %s from %s", model_class.__name__, directory)
+    logger.info("loading %s from %s (%s, %s)", model_class.__name__, directory, dtype, quantization or "no quantization")
     processor = processor_class.from_pretrained(directory, local_files_only=True)
-    model = model_class.from_pretrained(directory, local_files_only=True, dtype=dtype)
-    model.to(device).eval()
+    bits = bitsandbytes_config(quantization, dtype)
+    extra: dict[str, Any] = {} if bits is None else {"quantization_config": bits, "device_map": device}
+    model = model_class.from_pretrained(directory, local_files_only=True, dtype=dtype, **extra)
+    if bits is None:
+        model.to(device)
+    model.eval()
     return processor, model
+
+
+def bitsandbytes_config(quantization: str | None, dtype: object | None = None) -> Any:
+    """The transformers `BitsAndBytesConfig` of a model description's int8 / int4 (nf4, blocks of 64, no
+    double quantization: what the memory plan counts); None when nothing is quantized in flight."""
+    if quantization not in ("int8", "int4"):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        from offline_seg.errors import OfflineSegError
+
+        raise OfflineSegError(f"{quantization} weights need bitsandbytes: pip install 'offline_seg[gpu]'") from error
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+                              bnb_4bit_compute_dtype=dtype)

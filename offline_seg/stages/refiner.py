@@ -49,6 +49,9 @@ class PromptTemplates:
         return template.replace("{labels}", ", ".join(classes.names)).strip()
 
 
+NONE_OF_THESE = "none of these"
+
+
 @dataclass
 class PostRefinement:
     """Per phrase, the label it maps to (None: dropped) and the raw replies of the LLM calls made."""
@@ -120,15 +123,26 @@ class Refiner:
 
     def pre_refine(self, recognitions: Sequence[Recognition]) -> list[tuple[list[str], str]]:
         """For each image, the foreground labels the LLM names and its raw reply (one batched call)."""
-        extra = {"constraint": LabelList(self.classes.foreground)} if self._list_constraint else {}
+        constraint = self.pre_refine_constraint() if self._list_constraint else None
+        extra = {"constraint": constraint} if constraint else {}
         replies = self.llm.complete(
             [self.pre_refine_messages(r) for r in recognitions], max_new_tokens=self.max_new_tokens, **extra
         )
         results = []
         for reply in replies:
-            labels = [label for label in parse_label_list(reply, self.classes) if label != self.classes.background]
+            # A constrained reply is split with the constraint's own separator, so "salt and pepper" stays
+            # one label; a reply outside the constraint falls back to the free-text parser.
+            members = constraint.split(reply) if constraint else []
+            named = members or parse_label_list(reply, self.classes)
+            labels = [label for label in named if label not in (self.classes.background, NONE_OF_THESE)]
             results.append((labels, reply))
         return results
+
+    def pre_refine_constraint(self) -> LabelList:
+        """The foreground labels, or "none of these" (then the detector is not called), so a scene
+        without any class of the list is not forced to name one."""
+        extra = (NONE_OF_THESE,) if self.classes.match(NONE_OF_THESE) is None else ()
+        return LabelList(self.classes.foreground + extra)
 
     def post_refine(self, phrases: Sequence[str]) -> PostRefinement:
         """Map phrases to labels: members of the list map to themselves without a call; the distinct

@@ -44,21 +44,6 @@ IMAGE_SIZE = 1008
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 
-DETECTORS = ("grounding-dino", "sam3")
-
-
-def parse_detector(spec: str | None) -> tuple[str, Path | None]:
-    """`grounding-dino` (default) | `sam3` | `sam3:DIR` -> (kind, DIR or None for the weights dir's own)."""
-    kind, _, target = (spec or "grounding-dino").partition(":")
-    if kind not in DETECTORS or (target and kind != "sam3"):
-        raise InvalidInputError(f"unknown detector {spec!r}; use grounding-dino, sam3 or sam3:DIR")
-    return kind, Path(target) if target else None
-
-
-def is_sam3(spec: str | None) -> bool:
-    return parse_detector(spec)[0] == "sam3"
-
-
 def prompt_text(label: str) -> str:
     """A class name as the noun phrase SAM 3 was trained on: `dining-table` -> `dining table`."""
     return " ".join(label.replace("-", " ").replace("_", " ").lower().split())

@@ -1,9 +1,9 @@
 """Segmentation: labelled boxes → one binary mask each, with SAM in two passes.
 
-Pass 1: box prompts only, single mask, logits. From each box's logit map take the n_p highest pixels
-(the reference normalises all maps of the image together to 0–255 and picks the argmax n_p times,
-zeroing each pick). Pass 2: the same box plus those n_p points as positive points, single mask.
-n_p = 0 means box only (pass 1's mask is the result).
+Pass 1: box prompts only, single mask, logits. Pass 2: a point strategy (`offline_seg.stages.points`)
+turns pass 1 into a second prompt: the paper's is the same box plus the n_p highest pixels as positive
+points (the reference normalises all maps of the image together to 0–255 and picks the argmax n_p times,
+zeroing each pick). n_p = 0 means box only (pass 1's mask is the result).
 
 The two-pass algorithm (`TwoPassSegmenter`) runs on any `SamBackend`: transformers' `SamModel`
 (`SamSegmenter`) or an ONNX export on ONNX Runtime (`OnnxSamSegmenter`, the CPU tier). The image is
@@ -12,7 +12,9 @@ encoded once per image; every box of both passes reuses that embedding.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,7 +22,9 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.errors import InvalidInputError
-from offline_seg.types import Detections, InstanceMasks
+from offline_seg.specs import ModelSpec
+from offline_seg.stages.points import STRATEGIES, Refined, normalise_jointly, top_n_points  # noqa: F401 - re-exported
+from offline_seg.types import Detections, InstanceMasks, SamPrediction
 from offline_seg.weights import WeightsDir
 
 if TYPE_CHECKING:
@@ -35,70 +39,56 @@ class Segmenter(Protocol):
     def segment(self, image: Image.Image, detections: Detections) -> InstanceMasks: ...
 
 
-def normalise_jointly(logits: np.ndarray) -> np.ndarray:
-    """Map all of an image's logit maps together onto 0–255 as uint8 (round to nearest, half to even).
-
-    Joint, not per map: a box whose map is weak overall ends up with low, often tied, values, as in the
-    reference. Constant input (max == min) gives all zeros.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.size == 0:
-        return np.zeros(logits.shape, np.uint8)
-    low, high = float(logits.min()), float(logits.max())
-    if high <= low:
-        return np.zeros(logits.shape, np.uint8)
-    return np.rint((logits - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
-def top_n_points(logits: np.ndarray, n: int) -> list[np.ndarray]:
-    """The n highest pixels of each (H, W) map in `logits` (N, H, W), as (n, 2) float32 xy arrays.
-
-    Follows the reference loop exactly: quantise all maps jointly to uint8 0–255 (`normalise_jointly`),
-    then n times take the argmax of each map and set that pixel to 0. Ties go to the first pixel in
-    row-major order (numpy's argmax). When a map has no non-zero pixel left, further picks land on its
-    first zero pixel in row-major order, which may repeat an earlier pick, as the reference does.
-    x is the column, y the row.
-    """
-    logits = np.asarray(logits)
-    if logits.ndim != 3:
-        raise ValueError(f"expected (N, H, W) logits, got shape {logits.shape}")
-    count, height, width = logits.shape
-    if n <= 0 or count == 0:
-        return [np.zeros((0, 2), np.float32) for _ in range(count)]
-    if height * width == 0:
-        raise ValueError("cannot pick points from empty maps")
-    flat = normalise_jointly(logits).reshape(count, -1)
-    rows = np.arange(count)
-    picks = np.empty((count, n), dtype=np.int64)
-    for k in range(n):
-        index = flat.argmax(axis=1)
-        picks[:, k] = index
-        flat[rows, index] = 0
-    ys, xs = np.divmod(picks, width)
-    return [np.stack([xs[i], ys[i]], axis=1).astype(np.float32) for i in range(count)]
-
-
 class SamBackend(Protocol):
-    """A promptable SAM: encode an image once, then decode any number of box (+ point) prompts."""
+    """A promptable SAM: encode an image once, then decode any number of box (+ point, + mask) prompts."""
 
     def encode(self, image: Image.Image) -> Any:
         """Whatever the decoder needs of the image (its embedding and sizes)."""
 
-    def decode(self, encoded: Any, boxes: np.ndarray, points: np.ndarray | None) -> np.ndarray:
-        """Mask logits (N, H, W) at the image's size, one single-mask prediction per box.
+    def predict(
+        self, encoded: Any, boxes: np.ndarray, points: np.ndarray | None, mask_input: np.ndarray | None = None
+    ) -> SamPrediction:
+        """One single-mask prediction per box: logits at the image's size, predicted IoU, low-res logits.
 
-        `boxes` are (N, 4) pixel xyxy; `points` (N, n, 2) pixel xy positive points per box, or None.
+        `boxes` are (N, 4) pixel xyxy; `points` (N, n, 2) pixel xy positive points per box, or None;
+        `mask_input` (N, 256, 256) low-res logits of an earlier prediction, or None.
         """
 
 
-class TwoPassSegmenter:
-    """The method's segmentation on any `SamBackend`: box → logits → top-n points → box + points."""
+class EncodeOnce:
+    """A `SamBackend` that encodes each distinct image (by its pixels) once and reuses the embedding: for
+    sweeps and tests that run many prompt settings on the same images. Keeps every embedding it made."""
 
-    def __init__(self, backend: SamBackend, num_points: int = 20):
+    def __init__(self, backend: SamBackend):
+        self.backend = backend
+        self.cache: dict[str, Any] = {}
+        self.seconds = 0.0  # spent encoding
+
+    def encode(self, image: Image.Image) -> Any:
+        key = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+        if key not in self.cache:
+            start = time.perf_counter()
+            self.cache[key] = self.backend.encode(image)
+            self.seconds += time.perf_counter() - start
+        return self.cache[key]
+
+    def predict(
+        self, encoded: Any, boxes: np.ndarray, points: np.ndarray | None, mask_input: np.ndarray | None = None
+    ) -> SamPrediction:
+        return self.backend.predict(encoded, boxes, points, mask_input)
+
+
+class TwoPassSegmenter:
+    """The method's segmentation on any `SamBackend`: box → prediction → a point strategy's second pass."""
+
+    def __init__(self, backend: SamBackend, num_points: int = 20, strategy: str = "paper"):
         if num_points < 0:
             raise ValueError("num_points must be >= 0")
+        if strategy not in STRATEGIES:
+            raise InvalidInputError(f"unknown point strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}")
         self.backend = backend
         self.num_points = int(num_points)
+        self.strategy = strategy
 
     def segment(self, image: Image.Image, detections: Detections) -> InstanceMasks:
         """One mask per labelled detection, at the image's size; unlabelled detections are skipped."""
@@ -107,19 +97,21 @@ class TwoPassSegmenter:
         if len(kept) == 0:
             return InstanceMasks.empty(height, width)
         encoded = self.backend.encode(image.convert("RGB"))
-        logits = self.backend.decode(encoded, kept.boxes, None)
+        first = self.backend.predict(encoded, kept.boxes, None)
         if self.num_points == 0:
-            points = [np.zeros((0, 2), np.float32) for _ in range(len(kept))]
+            refined = Refined(first, [np.zeros((0, 2), np.float32) for _ in range(len(kept))])
         else:
-            points = top_n_points(logits, self.num_points)
-            logits = self.backend.decode(encoded, kept.boxes, np.stack(points))
-        logger.debug("segmented %d instances (%d points each)", len(kept), self.num_points)
+            refined = STRATEGIES[self.strategy](
+                first, kept.boxes, self.num_points,
+                lambda points, mask_input: self.backend.predict(encoded, kept.boxes, points, mask_input),
+            )
+        logger.debug("segmented %d instances (%s, %d points)", len(kept), self.strategy, self.num_points)
         return InstanceMasks(
-            masks=logits > 0.0,
+            masks=refined.prediction.logits > 0.0,
             boxes=kept.boxes,
             scores=kept.scores,
             labels=[str(label) for label in kept.labels],
-            points=points,
+            points=refined.points,
         )
 
 
@@ -184,6 +176,23 @@ class TransformersSam:
         }
 
     def decode(self, encoded: dict[str, Any], boxes: np.ndarray, points: np.ndarray | None) -> np.ndarray:
+        """Mask logits (N, H, W) at the image's size (`predict`'s logits)."""
+        return self.predict(encoded, boxes, points).logits
+
+    def predict(
+        self, encoded: dict[str, Any], boxes: np.ndarray, points: np.ndarray | None, mask_input: np.ndarray | None = None
+    ) -> SamPrediction:
+        """All boxes in one prompt-decoder call; with `mask_input`, one call per box (transformers adds the
+        dense mask embedding to the image's embedding before repeating it per box, so it takes one mask)."""
+        if mask_input is None:
+            return self._predict(encoded, boxes, points, None)
+        parts = [self._predict(encoded, boxes[i : i + 1], None if points is None else points[i : i + 1],
+                               mask_input[i : i + 1]) for i in range(len(boxes))]
+        return SamPrediction(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("logits", "iou", "low_res")))
+
+    def _predict(
+        self, encoded: dict[str, Any], boxes: np.ndarray, points: np.ndarray | None, mask_input: np.ndarray | None
+    ) -> SamPrediction:
         import torch
 
         model, processor = self.load()
@@ -198,10 +207,18 @@ class TransformersSam:
             prompts["input_points"] = to_model(points)[None]  # (1, N, n, 2)
             prompts["input_labels"] = torch.ones(prompts["input_points"].shape[:-1], dtype=torch.long,
                                                  device=parameter.device)
+        if mask_input is not None:  # (1, 256, 256) -> (1, 1, 256, 256)
+            prompts["input_masks"] = torch.as_tensor(np.asarray(mask_input)[:, None], dtype=parameter.dtype,
+                                                     device=parameter.device)
         with torch.inference_mode():
             out = model(**encoded["model_inputs"], multimask_output=False, **prompts)
-        logits = processor.post_process_masks(out.pred_masks.float().cpu(), *encoded["post_sizes"], binarize=False)[0]
-        return logits[:, 0].numpy()  # (N, 1, H, W) -> (N, H, W)
+        low_res = out.pred_masks.float().cpu()  # (1, N, 1, h, w)
+        logits = processor.post_process_masks(low_res, *encoded["post_sizes"], binarize=False)[0]
+        return SamPrediction(
+            logits=logits[:, 0].numpy(),  # (N, 1, H, W) -> (N, H, W)
+            iou=out.iou_scores.float().cpu().reshape(-1).numpy(),
+            low_res=low_res[0, :, 0].numpy(),
+        )
 
 
 class SamSegmenter(TwoPassSegmenter):
@@ -213,8 +230,10 @@ class SamSegmenter(TwoPassSegmenter):
         num_points: int = 20,
         device: str = "cpu",
         dtype: torch.dtype | None = None,
+        strategy: str = "paper",
     ):
-        super().__init__(TransformersSam(model_path, device=device, dtype=dtype), num_points=num_points)
+        super().__init__(TransformersSam(model_path, device=device, dtype=dtype), num_points=num_points,
+                         strategy=strategy)
         self.model_path = Path(model_path)
 
     @property
@@ -229,22 +248,40 @@ class SamSegmenter(TwoPassSegmenter):
 class OnnxSamSegmenter(TwoPassSegmenter):
     """SAM exported to ONNX (image encoder + the standard SAM decoder) on ONNX Runtime: the CPU tier."""
 
-    def __init__(self, model_dir: Path | str, num_points: int = 20, threads: int | None = None):
+    def __init__(self, model_dir: Path | str, num_points: int = 20, threads: int | None = None,
+                 strategy: str = "paper"):
         from offline_seg.models.sam_onnx import OnnxSam
 
-        super().__init__(OnnxSam(model_dir, threads=threads), num_points=num_points)
+        super().__init__(OnnxSam(model_dir, threads=threads), num_points=num_points, strategy=strategy)
         self.model_dir = Path(model_dir)
 
 
 SEGMENTER_BACKENDS = ("sam", "onnx")
+PAPER_POINTS = 20  # the paper's n_p: what a named strategy uses when --points is not given
+# Per backend: (strategy, n_p) when neither --point-strategy nor --points is given; the strategy is also what
+# `--points N` alone gets. Chosen from scripts/bench_points.py (README, "Point prompts"): n_p = 0 is box only.
+DEFAULT_POINT_PROMPTS = {"sam": ("gated", 3), "onnx": ("gated", 3)}
 
 
-def load_segmenter(spec: str | None, weights: WeightsDir, num_points: int = 20, device: str = "cpu") -> Segmenter:
-    """A segmenter from a spec: None/`sam` (weights/sam), `sam:PATH` (transformers dir or official .pth),
-    `onnx` (weights/sam_onnx) or `onnx:DIR`."""
-    backend, _, target = (spec or "sam").partition(":")
-    if backend == "sam":
-        return SamSegmenter(Path(target) if target else weights.path("sam"), num_points=num_points, device=device)
-    if backend == "onnx":
-        return OnnxSamSegmenter(Path(target) if target else weights.path("sam_onnx"), num_points=num_points)
-    raise InvalidInputError(f"unknown segmenter {spec!r}; use one of: sam, sam:PATH, onnx, onnx:DIR")
+def resolve_point_prompt(backend: str, strategy: str | None, points: int | None) -> tuple[str, int]:
+    """The (strategy, n_p) a segmenter backend runs with: the backend's default for what is not given, except
+    that a strategy named without a point count gets the paper's 20 points (`paper` alone is the paper)."""
+    default_strategy, default_points = DEFAULT_POINT_PROMPTS.get(backend, DEFAULT_POINT_PROMPTS["sam"])
+    if points is None:
+        points = default_points if strategy is None else PAPER_POINTS
+    return strategy or default_strategy, points
+
+
+def load_segmenter(spec: str | ModelSpec | None, weights: WeightsDir | None = None, num_points: int = 20,
+                   device: str = "cpu", strategy: str = "paper") -> Segmenter:
+    """A segmenter from its description: a `ModelSpec`, or the text `sam` (WEIGHTS/sam), `sam:PATH`
+    (transformers dir or official .pth), `onnx` (WEIGHTS/sam_onnx) or `onnx:DIR`, with `?dtype=...`."""
+    from offline_seg.specs import parse_spec
+
+    if not isinstance(spec, ModelSpec):
+        root = weights.root if weights is not None else Path("weights")
+        spec = parse_spec(spec, "segmenter", root, device)
+    if spec.backend == "onnx":
+        return OnnxSamSegmenter(Path(spec.path), num_points=num_points, strategy=strategy)
+    return SamSegmenter(Path(spec.path), num_points=num_points, device=spec.device, dtype=spec.torch_dtype(),
+                        strategy=strategy)

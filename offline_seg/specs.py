@@ -1,0 +1,319 @@
+"""One description per model of the chain, and the one decision of which stages run.
+
+Every stage's model is written the same way, `kind:PATH?key=value&...` (`--llm`, `--segmenter`; the
+vision stages get theirs from the weights dir), and parsed here once into a `ModelSpec`: backend,
+path, device, dtype, quantization, residency and the vLLM share. A `ChainSpec` holds the specs of the
+models a `PipelineConfig` loads and the steps it runs. The memory plan reads a `ChainSpec` and returns
+one with each stage's precision and residency filled in; the loaders build exactly what it says; the
+batch runner runs its steps, releases its swapped models and keys its results by its specs.
+
+Standard library only: the vLLM venv imports this through `offline_seg.llm.base`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import parse_qsl, urlencode
+
+from offline_seg.errors import InvalidInputError, MissingWeightsError
+
+logger = logging.getLogger(__name__)
+
+# Chain order of the models, and of the batch runner's steps with the model each one runs.
+MODELS = ("tagger", "captioner", "llm", "detector", "segmenter")
+STEPS = ("tag", "caption", "labels", "detect", "post_refine", "segment", "write")
+STEP_MODELS = {"tag": "tagger", "caption": "captioner", "labels": "llm", "detect": "detector",
+               "post_refine": "llm", "segment": "segmenter"}
+# Backends per stage (the first is the default) and the weights-dir component each one reads by default.
+BACKENDS: dict[str, tuple[str, ...]] = {
+    "tagger": ("ram_plus",),
+    "captioner": ("blip2",),
+    "llm": ("transformers", "vllm", "openai"),
+    "detector": ("grounding_dino", "sam3"),  # sam3: detects and segments (its masks are final)
+    "segmenter": ("sam", "onnx"),
+}
+COMPONENTS = {"ram_plus": "ram_plus", "blip2": "blip2", "transformers": "llm", "vllm": "llm",
+              "grounding_dino": "grounding_dino", "sam": "sam", "onnx": "sam_onnx", "sam3": "sam3"}
+_KIND_ALIASES = {"grounding-dino": "grounding_dino"}  # the spelling of the detector's CLI help
+OFF_GPU_BACKENDS = ("onnx", "openai")  # ONNX Runtime on the CPU; a server in another process/host
+DTYPES = ("fp32", "fp16", "bf16")
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "auto": None, "": None}
+# Weight quantization: bitsandbytes int8/int4 in-flight (transformers), or vLLM's own methods.
+QUANTIZATIONS = ("int8", "int4", "awq", "gptq", "bitsandbytes", "fp8")
+_QUANT_ALIASES = {"8bit": "int8", "4bit": "int4", "nf4": "int4", "none": None, "": None}
+# Options each backend takes besides the common fields (checked here, once, for every stage).
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "transformers": ("batch_size",),
+    "vllm": ("tensor_parallel_size", "enforce_eager"),
+    "openai": ("model", "constraint", "concurrency", "timeout", "retries", "allow_remote"),
+    "blip2": ("batch_size",),
+    "ram_plus": ("batch_size",),
+}
+COMMON_KEYS = ("device", "dtype", "quantization", "gpu_memory_utilization", "max_model_len")
+
+
+def _normalise(value: str | None, aliases: dict[str, str | None], allowed: tuple[str, ...], what: str) -> str | None:
+    """A user's spelling of a choice (e.g. bfloat16, 4bit) as its canonical name; None for the default."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    text = aliases.get(text, text)
+    if text is not None and text not in allowed:
+        raise InvalidInputError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+    return text
+
+
+def normalise_dtype(value: str | None) -> str | None:
+    return _normalise(value, _DTYPE_ALIASES, DTYPES, "dtype")
+
+
+def normalise_quantization(value: str | None) -> str | None:
+    return _normalise(value, _QUANT_ALIASES, ("none",) + QUANTIZATIONS, "quantization")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one stage's model is loaded. `None` for dtype means the loader's default for the device
+    (fp32 on a CPU, fp16 on CUDA); `explicit` names the fields the user set, which a plan never changes."""
+
+    stage: str  # tagger | captioner | llm | detector | segmenter
+    backend: str
+    path: str  # a local file or directory; a URL for `openai`
+    device: str = "cpu"
+    dtype: str | None = None
+    quantization: str | None = None
+    resident: bool = True  # False: released after each of its steps in every chunk (a memory plan's choice)
+    gpu_memory_utilization: float | None = None  # vLLM only
+    max_model_len: int | None = None  # vLLM only
+    options: tuple[tuple[str, str], ...] = ()
+    explicit: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def component(self) -> str:
+        return COMPONENTS.get(self.backend, self.stage)
+
+    @property
+    def on_gpu_plan(self) -> bool:
+        """Whether this model's memory is on the card the plan sizes."""
+        return self.backend not in OFF_GPU_BACKENDS
+
+    @property
+    def option_dict(self) -> dict[str, str]:
+        return dict(self.options)
+
+    @property
+    def checkpoint_quantization(self) -> str | None:
+        """The method of a pre-quantized checkpoint (`quantization_config.quant_method` in its config.json,
+        e.g. awq or gptq), which loaders take as it is; None for a plain checkpoint."""
+        config = Path(self.path) / "config.json"
+        if self.backend == "openai" or not config.is_file():
+            return None
+        try:
+            method = json.loads(config.read_text(encoding="utf-8")).get("quantization_config", {}).get("quant_method")
+        except (ValueError, AttributeError):
+            return None
+        return str(method).lower() if method else None
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The dtype it loads in: the chosen one, else fp16 on CUDA and fp32 elsewhere."""
+        return self.dtype or ("fp16" if self.device.startswith("cuda") else "fp32")
+
+    def torch_dtype(self) -> Any:
+        """`resolved_dtype` as a torch dtype (always explicit: transformers would otherwise take the
+        checkpoint's own dtype)."""
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.resolved_dtype]
+
+    def text(self) -> str:
+        """The spec in the `kind:PATH?key=value` syntax (with the plan's choices), e.g. for logs."""
+        query = {key: value for key, value in (
+            ("dtype", self.dtype), ("quantization", self.quantization),
+            ("gpu_memory_utilization", self.gpu_memory_utilization), ("max_model_len", self.max_model_len),
+        ) if value is not None}
+        query.update(self.options)
+        return f"{self.backend}:{self.path}" + (f"?{urlencode(query)}" if query else "")
+
+    @property
+    def key(self) -> str:
+        """What results made with this model are stored under: the spec with its path resolved. Residency,
+        device and the vLLM memory share do not change results and are left out."""
+        path = self.path if self.backend == "openai" else str(Path(self.path).resolve())
+        return replace(self, path=path, gpu_memory_utilization=None).text()
+
+    def with_choices(self, **changes: Any) -> ModelSpec:
+        """This spec with a plan's choices; fields the user set explicitly are kept."""
+        return replace(self, **{k: v for k, v in changes.items() if k not in self.explicit})
+
+
+def parse_spec(text: str | Path | None, stage: str, weights_dir: Path | str = Path("weights"),
+               device: str = "cpu") -> ModelSpec:
+    """`kind:PATH?key=value&...`, `kind` (its default path in the weights dir), `kind?options`, or a bare
+    `PATH` (the stage's default kind) -> ModelSpec. Common keys: device, dtype, quantization,
+    gpu_memory_utilization, max_model_len; anything else must be an option of that backend."""
+    if stage not in BACKENDS:
+        raise InvalidInputError(f"unknown stage {stage!r}; stages: {', '.join(MODELS)}")
+    kinds = BACKENDS[stage]
+    raw = "" if text is None else str(text)
+    head, _, query = raw.partition("?")
+    kind, colon, target = head.partition(":")
+    kind = _KIND_ALIASES.get(kind, kind)
+    head = _KIND_ALIASES.get(head, head)
+    if not colon:
+        kind, target = (head, "") if head in kinds or not head else (kinds[0], head)
+    elif len(kind) == 1:  # a Windows drive letter: a bare path
+        kind, target = kinds[0], head
+    kind = kind or kinds[0]
+    if kind not in kinds:
+        raise InvalidInputError(f"unknown {stage} backend {kind!r} in {raw!r}; available: {', '.join(kinds)}")
+    if not target:
+        if kind == "openai":
+            raise InvalidInputError("the openai backend needs a URL, e.g. openai:http://127.0.0.1:8000/v1")
+        target = str(Path(weights_dir) / COMPONENTS[kind])
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    fields: dict[str, Any] = {}
+    try:
+        if "device" in options:
+            fields["device"] = options.pop("device")
+        if "dtype" in options:
+            fields["dtype"] = normalise_dtype(options.pop("dtype"))
+        if "quantization" in options:
+            fields["quantization"] = normalise_quantization(options.pop("quantization"))
+        if "gpu_memory_utilization" in options:
+            share = float(options.pop("gpu_memory_utilization"))
+            if not 0.0 < share <= 1.0:
+                raise InvalidInputError(f"gpu_memory_utilization must be in (0, 1], not {share}")
+            fields["gpu_memory_utilization"] = share
+        if "max_model_len" in options:
+            fields["max_model_len"] = int(options.pop("max_model_len"))
+    except ValueError as error:
+        if isinstance(error, InvalidInputError):
+            raise
+        raise InvalidInputError(f"bad option in {stage} spec {raw!r}: {error}") from error
+    unknown = sorted(set(options) - set(BACKEND_OPTIONS.get(kind, ())))
+    if unknown:
+        raise InvalidInputError(f"unknown option(s) {', '.join(unknown)} for the {kind} {stage} backend")
+    return ModelSpec(stage=stage, backend=kind, path=target, device=fields.pop("device", device),
+                     options=tuple(sorted(options.items())), explicit=frozenset(fields), **fields)
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """The models a run loads (in chain order) and the steps it runs; where labels and boxes come from."""
+
+    models: tuple[ModelSpec, ...]
+    steps: tuple[str, ...]  # batch-runner steps, a subsequence of STEPS
+    labels_from: str = "llm"  # llm (pre-refinement) | tags (no pre-refinement) | given | gt
+    boxes_from: str = "detector"  # detector | gt
+    post_refine: bool = True
+    masks_from: str = "segmenter"  # segmenter | detector (SAM 3's own masks, reused by the segment step)
+
+    def model(self, stage: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.stage == stage), None)
+
+    def step_model(self, step: str) -> str | None:
+        """The model a step runs, or None (e.g. `labels` with given labels, `post_refine` switched off)."""
+        model = STEP_MODELS.get(step)
+        if step not in self.steps or model is None:
+            return None
+        if step == "labels" and self.labels_from != "llm":
+            return None
+        if step == "detect" and self.boxes_from != "detector":
+            return None
+        if step == "post_refine" and not self.post_refine:
+            return None
+        if step == "segment" and self.masks_from != "segmenter":
+            return None
+        return model
+
+    @property
+    def model_steps(self) -> tuple[tuple[str, str], ...]:
+        """(step, model) of every step that runs a model, in chain order."""
+        return tuple((step, model) for step in self.steps if (model := self.step_model(step)) is not None)
+
+    def uses(self, stage: str) -> int:
+        """How often a model runs per chunk (the LLM: pre- and post-refinement)."""
+        return sum(1 for _, model in self.model_steps if model == stage)
+
+    @property
+    def swapped(self) -> tuple[str, ...]:
+        """Models released after each of their steps (the plan's per-chunk loads)."""
+        return tuple(m.stage for m in self.models if not m.resident)
+
+    def replace_models(self, models: Iterable[ModelSpec]) -> ChainSpec:
+        by_stage = {m.stage: m for m in models}
+        return replace(self, models=tuple(by_stage.get(m.stage, m) for m in self.models))
+
+    def missing_files(self, weights_dir: Path | str | None = None,
+                      skip: Iterable[str] = ()) -> list[tuple[Path, str]]:
+        """Every file the configured models (but those of the `skip` stages) need and do not find, as
+        (path, weights component), by the manifest's `required` lists."""
+        from offline_seg.weights import WeightsDir
+
+        store = WeightsDir(weights_dir or Path("weights"))
+        missing: list[tuple[Path, str]] = []
+        for spec in self.models:
+            if spec.backend == "openai" or spec.stage in set(skip):
+                continue
+            path = Path(spec.path)
+            if path.suffix in (".gguf", ".pth") or path.is_file():
+                if not path.is_file():
+                    missing.append((path, spec.component))
+                continue
+            missing.extend((path / name, spec.component) for name in store.missing_in(spec.component, path))
+        return missing
+
+    def preflight(self, weights_dir: Path | str | None = None, skip: Iterable[str] = ()) -> None:
+        """Stop before any image when a model file is missing: all of them, in one error."""
+        missing = self.missing_files(weights_dir, skip)
+        if missing:
+            raise MissingWeightsError.of(missing, weights_dir=weights_dir)
+
+
+def chain_spec(config: Any) -> ChainSpec:
+    """The one place that decides, from a `PipelineConfig`, which steps run and which models load."""
+    weights, device = config.weights_dir, config.device
+    gt_labels = bool(config.oracle_labels or config.oracle_boxes)
+    if config.oracle_boxes:
+        steps = ["detect", "segment", "write"]
+        labels_from, boxes_from = "gt", "gt"
+    else:
+        boxes_from = "detector"
+        steps = list(STEPS)
+        if gt_labels or config.labels is not None:
+            labels_from = "gt" if gt_labels else "given"
+            steps = [s for s in steps if s not in ("tag", "caption")]
+        else:
+            labels_from = "llm" if config.pre_refine else "tags"
+            if not config.use_caption:
+                steps.remove("caption")
+    detector = parse_spec(getattr(config, "detector", None), "detector", weights, device)
+    sam3 = is_sam3(detector) and not config.oracle_boxes
+    if sam3:  # SAM 3's detections are class names already, and its masks are final
+        steps.remove("post_refine")
+    chain = ChainSpec(models=(), steps=tuple(steps), labels_from=labels_from, boxes_from=boxes_from,
+                      post_refine=bool(config.post_refine) and not config.oracle_boxes and not sam3,
+                      masks_from="detector" if sam3 else "segmenter")
+    wanted = {model for _, model in chain.model_steps}
+    texts = {"llm": config.llm, "segmenter": config.segmenter, "detector": getattr(config, "detector", None),
+             "captioner": _quant_spec(getattr(config, "captioner_quant", None))}
+    models = tuple(parse_spec(texts.get(stage), stage, weights, device) for stage in MODELS if stage in wanted)
+    return replace(chain, models=models)
+
+
+def is_sam3(spec: ModelSpec | None) -> bool:
+    """Whether a detector's description is SAM 3 (it detects and segments: no SAM pass, no post-refinement)."""
+    return spec is not None and spec.backend == "sam3"
+
+
+def _quant_spec(quantization: str | None) -> str | None:
+    """`--captioner-quant` as a spec string (an explicit choice the plan must honour)."""
+    return None if quantization is None else f"blip2?quantization={quantization}"
+
+
+__all__ = ["BACKENDS", "ChainSpec", "MODELS", "ModelSpec", "STEPS", "STEP_MODELS", "chain_spec", "is_sam3", "parse_spec"]
