@@ -26,8 +26,16 @@ from offline_seg.models.embedder import load_embedder
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
 from offline_seg.stages.points import STRATEGIES
+from offline_seg.stages.sam3 import (
+    MASK_THRESHOLD,
+    PRESENCE_THRESHOLD,
+    SCORE_THRESHOLD,
+    MaskReuseSegmenter,
+    Sam3Detector,
+    Sam3Thresholds,
+)
 from offline_seg.stages.segmenter import Segmenter, load_segmenter, resolve_point_prompt
-from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, parse_spec
+from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, is_sam3, parse_spec
 from offline_seg.stages.examples import Example, build_examples, common_labels, with_additions
 from offline_seg.stages.shortlist import (DEFAULT_REFINER, REFINER_MODES, Embedder, GuidedRefiner, LabelEmbeddings,
                                           resolve_mode)
@@ -74,6 +82,12 @@ class PipelineConfig:
     examples: int = 0  # few-shot examples for pre-refinement (the paper's supplementary), from `examples_from`
     examples_from: Path | None = None  # an annotated set: images + ground-truth label maps
     min_labels: int = 0  # > 0: the pre-refinement prompt asks for at least this many labels (dense street lists)
+    # "grounding-dino" (default: boxes, then SAM) or "sam3" / "sam3:DIR" (<weights>/sam3): SAM 3 detects and
+    # segments each label as a concept prompt; no post-refinement, no SAM pass, num_points does not apply.
+    detector: str | None = None
+    sam3_score_threshold: float = SCORE_THRESHOLD  # defaults: SAM 3's own post-processing
+    sam3_presence_threshold: float = PRESENCE_THRESHOLD
+    sam3_mask_threshold: float = MASK_THRESHOLD
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
@@ -84,6 +98,11 @@ class PipelineConfig:
                                     f"use one of: {', '.join(STRATEGIES)}")
         if self.num_points < 0:
             raise ValueError("num_points must be >= 0")
+        if is_sam3(self.detector_spec):
+            self.sam3_thresholds()  # checks them
+            if self.segmenter is not None or self.oracle_boxes:
+                raise InvalidInputError("SAM 3 makes its own masks: --segmenter and --boxes gt do not combine "
+                                        "with --detector sam3")
         if self.ground_truth_dir is not None:
             self.ground_truth_dir = Path(self.ground_truth_dir)
         if self.refiner not in REFINER_MODES:
@@ -107,6 +126,14 @@ class PipelineConfig:
         data["phrase_cache_dir"] = str(self.phrase_cache_dir) if self.phrase_cache_dir else None
         data["examples_from"] = str(self.examples_from) if self.examples_from else None
         return data
+
+    @property
+    def detector_spec(self) -> ModelSpec:
+        """The detector's description (`--detector`, parsed like every stage's model)."""
+        return parse_spec(self.detector, "detector", self.weights_dir, self.device)
+
+    def sam3_thresholds(self) -> Sam3Thresholds:
+        return Sam3Thresholds(self.sam3_score_threshold, self.sam3_presence_threshold, self.sam3_mask_threshold)
 
 
 class Pipeline:
@@ -151,8 +178,8 @@ class Pipeline:
     def model_spec(self, stage: str) -> ModelSpec:
         """The description a stage's model is loaded from (a stage the chain does not run: its default)."""
         c = self.config
-        text = {"llm": c.llm, "segmenter": c.segmenter, "embedder": c.embedder}.get(stage)
-        return self.chain.model(stage) or parse_spec(text, stage, c.weights_dir, c.device)
+        texts = {"llm": c.llm, "segmenter": c.segmenter, "detector": c.detector, "embedder": c.embedder}
+        return self.chain.model(stage) or parse_spec(texts.get(stage), stage, c.weights_dir, c.device)
 
     def preflight(self) -> None:
         """Stop before any image if a file of a configured (not injected) model is missing; names them all."""
@@ -183,8 +210,10 @@ class Pipeline:
 
     @property
     def detector(self) -> Detector:
+        c = self.config
+        if self._detector is None and is_sam3(spec := self.model_spec("detector")):
+            self._detector = Sam3Detector(spec.path, c.sam3_thresholds(), device=spec.device)
         if self._detector is None:
-            c = self.config
             spec = self.model_spec("detector")
             self._detector = GroundingDinoDetector(
                 spec.path,
@@ -198,6 +227,8 @@ class Pipeline:
 
     @property
     def segmenter(self) -> Segmenter:
+        if self._segmenter is None and self.chain.masks_from == "detector":
+            self._segmenter = MaskReuseSegmenter()  # the detections carry SAM 3's masks
         if self._segmenter is None:
             c = self.config
             self._segmenter = load_segmenter(self.model_spec("segmenter"), num_points=c.num_points,
@@ -320,7 +351,10 @@ class Pipeline:
 
     def label_detections(self, detections: Sequence[Detections]) -> list[tuple[Detections, dict[str, str] | None]]:
         """Class-list labels for the detections of several images: post-refinement with all distinct
-        unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off."""
+        unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off. SAM 3's
+        detections are labelled already (each prompt is a class name): nothing to refine."""
+        if self.chain.masks_from == "detector":
+            return [(d, None) for d in detections]
         if not self.config.post_refine:
             classes = self.config.classes
             return [(d.with_labels(labels_without_llm(d.phrases, classes)), None) for d in detections]

@@ -387,7 +387,7 @@ class BatchRunner:
         classes = self.pipeline.config.classes
         stored = values["segment"]
         height, width = stored["size"]
-        masks = np.stack([decode_rle(m) for m in stored["masks"]]) if stored["masks"] else np.zeros((0, height, width), bool)
+        masks = _decode_masks(stored)
         instances = InstanceMasks(
             masks=masks, boxes=np.asarray(stored["boxes"], np.float32), scores=np.asarray(stored["scores"], np.float32),
             labels=list(stored["labels"]), points=[np.asarray(p, np.float32).reshape(-1, 2) for p in stored["points"]],
@@ -471,6 +471,9 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
                                       prompts, classes, *refiner)
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"], c.gt_box_expand, c.gt_box_jitter, c.seed)
+    elif pipeline.chain.masks_from == "detector":  # SAM 3 detects and segments: its masks go into the detect value
+        keys["detect"] = settings_key("detect-sam3", keys["labels"], ids["detector"], c.sam3_score_threshold,
+                                      c.sam3_presence_threshold, c.sam3_mask_threshold)
     else:
         keys["detect"] = settings_key("detect", keys["labels"], ids["detector"], c.box_threshold, c.text_threshold,
                                       c.nms_iou)
@@ -480,6 +483,8 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     # With no points the strategy changes nothing: box-only results are shared by every strategy.
     keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points,
                                    c.point_strategy if c.num_points else "box-only")
+    if pipeline.chain.masks_from == "detector":  # the detect step's masks, reused
+        keys["segment"] = settings_key("segment-reuse", keys["detect"])
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 
@@ -529,12 +534,22 @@ def _detections_value(detections: Detections, labelled: bool = False) -> dict[st
     value = {"boxes": detections.boxes.tolist(), "scores": detections.scores.tolist(), "phrases": detections.phrases}
     if labelled:
         value["labels"] = list(detections.labels)
+    if detections.masks is not None:  # a detector that segments too (SAM 3): labels and masks are its own
+        value.update(labels=list(detections.labels), masks=[encode_rle(m) for m in detections.masks],
+                     size=list(detections.masks.shape[1:]))
     return value
 
 
 def _detections_from(value: dict[str, Any]) -> Detections:
     return Detections(np.asarray(value["boxes"], np.float32), np.asarray(value["scores"], np.float32),
-                      list(value["phrases"]), list(value.get("labels") or []))
+                      list(value["phrases"]), list(value.get("labels") or []),
+                      _decode_masks(value) if "masks" in value else None)
+
+
+def _decode_masks(value: dict[str, Any]) -> np.ndarray:
+    """(N, H, W) bool from a stored value's RLE `masks` and its image `size`."""
+    height, width = value["size"]
+    return np.stack([decode_rle(m) for m in value["masks"]]) if value["masks"] else np.zeros((0, height, width), bool)
 
 
 def _labelled_detections(values: dict[str, Any]) -> Detections:

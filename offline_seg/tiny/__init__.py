@@ -19,6 +19,7 @@ WRITERS = {
     "sam": "sam",
     "llm": "llama",
     "embedder": "minilm",
+    "sam3": "sam3",
 }
 
 
