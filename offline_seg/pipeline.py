@@ -22,11 +22,23 @@ from offline_seg.stages.detector import Detector, GroundingDinoDetector
 from offline_seg.io.images import load_image
 from offline_seg.llm.base import LLM, load_llm
 from offline_seg.llm.cache import default_cache_dir
+from offline_seg.models.embedder import load_embedder
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
 from offline_seg.stages.points import STRATEGIES
+from offline_seg.stages.sam3 import (
+    MASK_THRESHOLD,
+    PRESENCE_THRESHOLD,
+    SCORE_THRESHOLD,
+    MaskReuseSegmenter,
+    Sam3Detector,
+    Sam3Thresholds,
+)
 from offline_seg.stages.segmenter import Segmenter, load_segmenter, resolve_point_prompt
-from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, parse_spec
+from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, is_sam3, parse_spec
+from offline_seg.stages.examples import Example, build_examples, common_labels, with_additions
+from offline_seg.stages.shortlist import (DEFAULT_REFINER, REFINER_MODES, Embedder, GuidedRefiner, LabelEmbeddings,
+                                          resolve_mode)
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
 from offline_seg.weights import DEFAULT_WEIGHTS_DIR, WeightsDir
@@ -64,6 +76,18 @@ class PipelineConfig:
     prompts_dir: Path | None = None
     # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
     phrase_cache_dir: Path | None = field(default_factory=default_cache_dir)
+    # "hybrid" (embedding + LLM on a shortlist), "embed" (no LLM), "llm" (paper); "auto": hybrid on CUDA, else embed
+    refiner: str = DEFAULT_REFINER
+    embedder: str | None = None  # sentence-embedding model dir; default: <weights>/embedder
+    examples: int = 0  # few-shot examples for pre-refinement (the paper's supplementary), from `examples_from`
+    examples_from: Path | None = None  # an annotated set: images + ground-truth label maps
+    min_labels: int = 0  # > 0: the pre-refinement prompt asks for at least this many labels (dense street lists)
+    # "grounding-dino" (default: boxes, then SAM) or "sam3" / "sam3:DIR" (<weights>/sam3): SAM 3 detects and
+    # segments each label as a concept prompt; no post-refinement, no SAM pass, num_points does not apply.
+    detector: str | None = None
+    sam3_score_threshold: float = SCORE_THRESHOLD  # defaults: SAM 3's own post-processing
+    sam3_presence_threshold: float = PRESENCE_THRESHOLD
+    sam3_mask_threshold: float = MASK_THRESHOLD
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
@@ -74,8 +98,22 @@ class PipelineConfig:
                                     f"use one of: {', '.join(STRATEGIES)}")
         if self.num_points < 0:
             raise ValueError("num_points must be >= 0")
+        if is_sam3(self.detector_spec):
+            self.sam3_thresholds()  # checks them
+            if self.segmenter is not None or self.oracle_boxes:
+                raise InvalidInputError("SAM 3 makes its own masks: --segmenter and --boxes gt do not combine "
+                                        "with --detector sam3")
         if self.ground_truth_dir is not None:
             self.ground_truth_dir = Path(self.ground_truth_dir)
+        if self.refiner not in REFINER_MODES:
+            raise InvalidInputError(f"unknown refiner {self.refiner!r}; choose one of {', '.join(REFINER_MODES)}")
+        if self.examples and (self.examples_from is None or self.refiner_mode == "embed"):
+            raise InvalidInputError("few-shot examples need --examples-from DIR and an LLM (not --refiner embed)")
+
+    @property
+    def refiner_mode(self) -> str:
+        """The refiner mode this run uses (`auto` resolved by device)."""
+        return resolve_mode(self.refiner, self.device)
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly settings, written next to every result."""
@@ -86,7 +124,16 @@ class PipelineConfig:
         data["prompts_dir"] = str(self.prompts_dir) if self.prompts_dir else None
         data["ground_truth_dir"] = str(self.ground_truth_dir) if self.ground_truth_dir else None
         data["phrase_cache_dir"] = str(self.phrase_cache_dir) if self.phrase_cache_dir else None
+        data["examples_from"] = str(self.examples_from) if self.examples_from else None
         return data
+
+    @property
+    def detector_spec(self) -> ModelSpec:
+        """The detector's description (`--detector`, parsed like every stage's model)."""
+        return parse_spec(self.detector, "detector", self.weights_dir, self.device)
+
+    def sam3_thresholds(self) -> Sam3Thresholds:
+        return Sam3Thresholds(self.sam3_score_threshold, self.sam3_presence_threshold, self.sam3_mask_threshold)
 
 
 class Pipeline:
@@ -102,6 +149,7 @@ class Pipeline:
         detector: Detector | None = None,
         segmenter: Segmenter | None = None,
         chain: ChainSpec | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         """`chain`: the models' descriptions to load from, e.g. as a memory plan filled them in
         (`offline_seg.plan.fit_chain`); default: the config's, fitted to `config.gpu_mem` when given."""
@@ -119,20 +167,31 @@ class Pipeline:
         self._llm = llm
         self._detector = detector
         self._segmenter = segmenter
-        self._refiner: Refiner | None = None
+        self._embedder = embedder
+        self._examples: list[Example] | None = None
+        self._refiner: Refiner | GuidedRefiner | None = None
         self._injected = {name for name, stage in (("tagger", tagger), ("captioner", captioner), ("llm", llm),
-                                                    ("detector", detector), ("segmenter", segmenter)) if stage is not None}
+                                                    ("detector", detector), ("segmenter", segmenter),
+                                                    ("embedder", embedder)) if stage is not None}
 
     # --- stages, built on first use, exactly as their descriptions say ---------------------------
     def model_spec(self, stage: str) -> ModelSpec:
         """The description a stage's model is loaded from (a stage the chain does not run: its default)."""
         c = self.config
-        return self.chain.model(stage) or parse_spec({"llm": c.llm, "segmenter": c.segmenter}.get(stage), stage,
-                                                     c.weights_dir, c.device)
+        texts = {"llm": c.llm, "segmenter": c.segmenter, "detector": c.detector, "embedder": c.embedder}
+        return self.chain.model(stage) or parse_spec(texts.get(stage), stage, c.weights_dir, c.device)
 
     def preflight(self) -> None:
         """Stop before any image if a file of a configured (not injected) model is missing; names them all."""
-        self.chain.preflight(self.config.weights_dir, skip=self._injected)
+        extra = [self.model_spec("embedder")] if self.uses_embedder and "embedder" not in self._injected else []
+        self.chain.preflight(self.config.weights_dir, skip=self._injected, extra=extra)
+
+    @property
+    def uses_embedder(self) -> bool:
+        """Whether refinement reads the sentence embedder (every refiner mode but the paper's LLM-only)."""
+        c = self.config
+        return self.config.refiner_mode != "llm" and (
+            (c.pre_refine and self.chain.labels_from == "llm") or self.chain.post_refine)
 
     @property
     def tagger(self) -> Tagger:
@@ -151,8 +210,10 @@ class Pipeline:
 
     @property
     def detector(self) -> Detector:
+        c = self.config
+        if self._detector is None and is_sam3(spec := self.model_spec("detector")):
+            self._detector = Sam3Detector(spec.path, c.sam3_thresholds(), device=spec.device)
         if self._detector is None:
-            c = self.config
             spec = self.model_spec("detector")
             self._detector = GroundingDinoDetector(
                 spec.path,
@@ -166,6 +227,8 @@ class Pipeline:
 
     @property
     def segmenter(self) -> Segmenter:
+        if self._segmenter is None and self.chain.masks_from == "detector":
+            self._segmenter = MaskReuseSegmenter()  # the detections carry SAM 3's masks
         if self._segmenter is None:
             c = self.config
             self._segmenter = load_segmenter(self.model_spec("segmenter"), num_points=c.num_points,
@@ -173,18 +236,49 @@ class Pipeline:
         return self._segmenter
 
     @property
-    def refiner(self) -> Refiner:
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(self.model_spec("embedder"))
+        return self._embedder
+
+    @property
+    def refiner(self) -> Refiner | GuidedRefiner:
+        """The refiner of `config.refiner`: the LLM alone, the embedding alone, or both (shortlists)."""
         if self._refiner is None:
-            if self._llm is None:
-                self._llm = load_llm(self.model_spec("llm"))
             c = self.config
-            templates = PromptTemplates.load(c.prompts_dir)
-            cache = None
-            if c.phrase_cache_dir is not None:
-                cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self._llm, c.classes, templates,
-                                                  constrained=c.constrained)
-            self._refiner = Refiner(self._llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
+            llm_refiner = self._llm_refiner() if c.refiner_mode != "embed" else None
+            if c.refiner_mode == "llm":
+                self._refiner = llm_refiner
+            else:
+                self._refiner = GuidedRefiner(LabelEmbeddings(self.embedder, c.classes), llm_refiner)
         return self._refiner
+
+    def _llm_refiner(self) -> Refiner:
+        """The paper's LLM refiner (loads the LLM), with the persistent phrase cache when configured."""
+        if self._llm is None:
+            self._llm = load_llm(self.model_spec("llm"))
+        c = self.config
+        templates = PromptTemplates.load(c.prompts_dir)
+        if c.examples or c.min_labels:
+            templates = with_additions(templates, examples=self.examples, min_labels=c.min_labels)
+        cache = None
+        if c.phrase_cache_dir is not None:
+            cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self._llm, c.classes, templates,
+                                              constrained=c.constrained)
+        return Refiner(self._llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
+
+    @property
+    def examples(self) -> list[Example]:
+        """The few-shot examples (built once per pipeline: N annotated images recognised and explained)."""
+        c = self.config
+        if self._examples is None:
+            self._examples = []
+            if c.examples:
+                if self._llm is None:
+                    self._llm = load_llm(self.model_spec("llm"))
+                self._examples = build_examples(c.examples_from, c.examples, c.classes, self._llm,
+                                                lambda path: self.recognize(load_image(path)))
+        return self._examples
 
     def release(self, stage: str) -> None:
         """Drop a stage's model (tagger, captioner, llm, detector, segmenter) so its memory can go back;
@@ -226,7 +320,9 @@ class Pipeline:
         if not recognitions:
             return []
         if self.config.pre_refine:
-            return [(labels, reply) for labels, reply in self.refiner.pre_refine(list(recognitions))]
+            shared = common_labels(self.examples)  # labels of every few-shot example go to every image
+            return [(labels + [x for x in shared if x not in labels], reply)
+                    for labels, reply in self.refiner.pre_refine(list(recognitions))]
         return [(list(r.tags), None) for r in recognitions]
 
     def given_labels(self, labels: Sequence[str]) -> list[str]:
@@ -255,7 +351,10 @@ class Pipeline:
 
     def label_detections(self, detections: Sequence[Detections]) -> list[tuple[Detections, dict[str, str] | None]]:
         """Class-list labels for the detections of several images: post-refinement with all distinct
-        unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off."""
+        unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off. SAM 3's
+        detections are labelled already (each prompt is a class name): nothing to refine."""
+        if self.chain.masks_from == "detector":
+            return [(d, None) for d in detections]
         if not self.config.post_refine:
             classes = self.config.classes
             return [(d.with_labels(labels_without_llm(d.phrases, classes)), None) for d in detections]

@@ -58,6 +58,9 @@ DETECTOR_WORKSPACE = GiB  # Grounding DINO at 800×1333: Swin-T 200×334 stage-1
 #                            encoder tokens × 256 fused with ≤ 256 text tokens, 900 queries
 SEGMENTER_BASE_WORKSPACE = GiB // 2  # SAM at 1024²: 64² tokens, neck, prompt decoder for all boxes
 SAM_IMAGE_SIZE = 1024  # + global-attention scores and the decomposed rel-pos bias: 2 × heads × tokens²
+SAM3_BASE_WORKSPACE = GiB  # SAM 3 at 1008²: 72² ViT tokens, FPN maps up to 288²×256, and per batch of 8 prompts
+#                            the DETR encoder/decoder (200 queries) and the mask head's 288² maps
+#                            + the ViT's global-attention scores: 2 × heads × tokens² (as for SAM)
 LLM_FIXED_WORKSPACE = GiB // 4  # a dequantized Linear, cuBLAS workspace, constrained-decoding masks
 # LLM KV cache: 2 (K, V) × layers × kv_heads × head_dim × bytes per token, for `sequences` prompts of
 # `context` tokens in flight. Defaults: the transformers backend's batch of 8; 1,024 tokens holds the
@@ -113,6 +116,12 @@ def _sam_defaults(variant: str = "vit_h") -> Any:
     from transformers import SamConfig
 
     return SamConfig(vision_config=dict(SAM_VARIANTS[variant]))
+
+
+def _sam3_defaults() -> Any:
+    from transformers import Sam3Config
+
+    return Sam3Config()  # defaults are facebook/sam3: ViT 1008² (32 layers, 1024 wide), CLIP-L text encoder
 
 
 def _llama3_8b_defaults() -> Any:
@@ -174,6 +183,7 @@ def stage_specs(chain: Any) -> list[StageSpec]:
     """The full-size architectures of a `ChainSpec`'s models on the GPU plan, from the configs found at
     their paths (the default models' configs where there are none)."""
     from offline_seg.models.ram_plus import CONFIG_NAME, RamPlusConfig
+    from offline_seg.specs import is_sam3
 
     specs: list[StageSpec] = []
     for model in chain.models:
@@ -187,6 +197,8 @@ def stage_specs(chain: Any) -> list[StageSpec]:
             spec = StageSpec("tagger", "RAM++ Swin-L" if source == "defaults" else "RAM++", source, config, _build_ram_plus)
         elif model.stage == "captioner":
             spec = _hf_spec("captioner", path, "BLIP-2 OPT-2.7b", _blip2_defaults, "Blip2ForConditionalGeneration")
+        elif is_sam3(model):  # detects and segments: the chain has no segmenter then
+            spec = _hf_spec("detector", path, "SAM 3", _sam3_defaults, "Sam3Model")
         elif model.stage == "detector":
             spec = _hf_spec("detector", path, "Grounding DINO Swin-T", _grounding_dino_defaults,
                             "GroundingDinoForObjectDetection")
@@ -334,6 +346,10 @@ def _workspace(spec: StageSpec) -> int:
         return TAGGER_WORKSPACE // 2
     if spec.name == "captioner":
         return CAPTIONER_WORKSPACE // 2
+    if spec.name == "detector" and spec.config.model_type == "sam3":
+        vision = spec.config.vision_config.backbone_config
+        tokens = (vision.image_size // vision.patch_size) ** 2
+        return SAM3_BASE_WORKSPACE // 2 + 2 * vision.num_attention_heads * tokens**2
     if spec.name == "detector":
         return DETECTOR_WORKSPACE // 2
     if spec.name == "segmenter":

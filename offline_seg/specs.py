@@ -33,11 +33,14 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "tagger": ("ram_plus",),
     "captioner": ("blip2",),
     "llm": ("transformers", "vllm", "openai"),
-    "detector": ("grounding_dino",),
+    "detector": ("grounding_dino", "sam3"),  # sam3: detects and segments (its masks are final)
     "segmenter": ("sam", "onnx"),
+    "embedder": ("minilm",),  # refinement's sentence embedder: small (90 MB), left out of the memory plan
 }
 COMPONENTS = {"ram_plus": "ram_plus", "blip2": "blip2", "transformers": "llm", "vllm": "llm",
-              "grounding_dino": "grounding_dino", "sam": "sam", "onnx": "sam_onnx"}
+              "grounding_dino": "grounding_dino", "sam": "sam", "onnx": "sam_onnx", "sam3": "sam3",
+              "minilm": "embedder"}
+_KIND_ALIASES = {"grounding-dino": "grounding_dino"}  # the spelling of the detector's CLI help
 OFF_GPU_BACKENDS = ("onnx", "openai")  # ONNX Runtime on the CPU; a server in another process/host
 DTYPES = ("fp32", "fp16", "bf16")
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "auto": None, "": None}
@@ -161,6 +164,8 @@ def parse_spec(text: str | Path | None, stage: str, weights_dir: Path | str = Pa
     raw = "" if text is None else str(text)
     head, _, query = raw.partition("?")
     kind, colon, target = head.partition(":")
+    kind = _KIND_ALIASES.get(kind, kind)
+    head = _KIND_ALIASES.get(head, head)
     if not colon:
         kind, target = (head, "") if head in kinds or not head else (kinds[0], head)
     elif len(kind) == 1:  # a Windows drive letter: a bare path
@@ -208,6 +213,7 @@ class ChainSpec:
     labels_from: str = "llm"  # llm (pre-refinement) | tags (no pre-refinement) | given | gt
     boxes_from: str = "detector"  # detector | gt
     post_refine: bool = True
+    masks_from: str = "segmenter"  # segmenter | detector (SAM 3's own masks, reused by the segment step)
 
     def model(self, stage: str) -> ModelSpec | None:
         return next((m for m in self.models if m.stage == stage), None)
@@ -222,6 +228,8 @@ class ChainSpec:
         if step == "detect" and self.boxes_from != "detector":
             return None
         if step == "post_refine" and not self.post_refine:
+            return None
+        if step == "segment" and self.masks_from != "segmenter":
             return None
         return model
 
@@ -243,15 +251,15 @@ class ChainSpec:
         by_stage = {m.stage: m for m in models}
         return replace(self, models=tuple(by_stage.get(m.stage, m) for m in self.models))
 
-    def missing_files(self, weights_dir: Path | str | None = None,
-                      skip: Iterable[str] = ()) -> list[tuple[Path, str]]:
+    def missing_files(self, weights_dir: Path | str | None = None, skip: Iterable[str] = (),
+                      extra: Iterable[ModelSpec] = ()) -> list[tuple[Path, str]]:
         """Every file the configured models (but those of the `skip` stages) need and do not find, as
         (path, weights component), by the manifest's `required` lists."""
         from offline_seg.weights import WeightsDir
 
         store = WeightsDir(weights_dir or Path("weights"))
         missing: list[tuple[Path, str]] = []
-        for spec in self.models:
+        for spec in (*self.models, *extra):
             if spec.backend == "openai" or spec.stage in set(skip):
                 continue
             path = Path(spec.path)
@@ -262,9 +270,11 @@ class ChainSpec:
             missing.extend((path / name, spec.component) for name in store.missing_in(spec.component, path))
         return missing
 
-    def preflight(self, weights_dir: Path | str | None = None, skip: Iterable[str] = ()) -> None:
-        """Stop before any image when a model file is missing: all of them, in one error."""
-        missing = self.missing_files(weights_dir, skip)
+    def preflight(self, weights_dir: Path | str | None = None, skip: Iterable[str] = (),
+                  extra: Iterable[ModelSpec] = ()) -> None:
+        """Stop before any image when a model file is missing (of the chain's models and `extra` ones, e.g.
+        the refiner's embedder): all of them, in one error."""
+        missing = self.missing_files(weights_dir, skip, extra)
         if missing:
             raise MissingWeightsError.of(missing, weights_dir=weights_dir)
 
@@ -286,13 +296,25 @@ def chain_spec(config: Any) -> ChainSpec:
             labels_from = "llm" if config.pre_refine else "tags"
             if not config.use_caption:
                 steps.remove("caption")
+    detector = parse_spec(getattr(config, "detector", None), "detector", weights, device)
+    sam3 = is_sam3(detector) and not config.oracle_boxes
+    if sam3:  # SAM 3's detections are class names already, and its masks are final
+        steps.remove("post_refine")
     chain = ChainSpec(models=(), steps=tuple(steps), labels_from=labels_from, boxes_from=boxes_from,
-                      post_refine=bool(config.post_refine) and not config.oracle_boxes)
+                      post_refine=bool(config.post_refine) and not config.oracle_boxes and not sam3,
+                      masks_from="detector" if sam3 else "segmenter")
     wanted = {model for _, model in chain.model_steps}
-    texts = {"llm": config.llm, "segmenter": config.segmenter,
+    if getattr(config, "refiner_mode", "llm") == "embed":  # refinement by the sentence embedder alone
+        wanted.discard("llm")
+    texts = {"llm": config.llm, "segmenter": config.segmenter, "detector": getattr(config, "detector", None),
              "captioner": _quant_spec(getattr(config, "captioner_quant", None))}
     models = tuple(parse_spec(texts.get(stage), stage, weights, device) for stage in MODELS if stage in wanted)
     return replace(chain, models=models)
+
+
+def is_sam3(spec: ModelSpec | None) -> bool:
+    """Whether a detector's description is SAM 3 (it detects and segments: no SAM pass, no post-refinement)."""
+    return spec is not None and spec.backend == "sam3"
 
 
 def _quant_spec(quantization: str | None) -> str | None:
@@ -300,4 +322,4 @@ def _quant_spec(quantization: str | None) -> str | None:
     return None if quantization is None else f"blip2?quantization={quantization}"
 
 
-__all__ = ["BACKENDS", "ChainSpec", "MODELS", "ModelSpec", "STEPS", "STEP_MODELS", "chain_spec", "parse_spec"]
+__all__ = ["BACKENDS", "ChainSpec", "MODELS", "ModelSpec", "STEPS", "STEP_MODELS", "chain_spec", "is_sam3", "parse_spec"]

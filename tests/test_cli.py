@@ -60,7 +60,7 @@ def test_missing_weights_is_one_clear_error(tmp_path):
 def test_weights_list_and_verify(tiny_weights):
     runner = CliRunner()
     listing = runner.invoke(main, ["weights", "list", "--weights", str(tiny_weights)])
-    assert listing.exit_code == 0 and listing.output.count("present") == 5
+    assert listing.exit_code == 0 and listing.output.count("present") == 7  # every tiny model: embedder, sam3 too
     verify = runner.invoke(main, ["weights", "verify", "--weights", str(tiny_weights)])
     assert verify.exit_code == 0 and "files ok" in verify.output
 

@@ -121,3 +121,23 @@ def test_cached_choice_scoring_equals_full_sequence_scoring(tiny_llm_dir):
         log_probs = torch.log_softmax(logits.float(), -1)
         expected.append(sum(float(log_probs[len(prompt) - 1 + i, t]) for i, t in enumerate(continuation)))
     assert torch.allclose(fast, torch.tensor(expected), atol=1e-4)
+
+
+def test_shared_prefix_scoring_equals_per_prompt_scoring(tiny_llm_dir):
+    """The system prompt is encoded once (and kept for the next call); every phrase and choice is scored
+    against that cache, with the same log-likelihoods as encoding each prompt whole."""
+    import torch
+
+    llm = TransformersLLM(tiny_llm_dir, batch_size=2)  # chunks of 8 rows: several chunks, ragged widths
+    llm._load()
+    system = {"role": "system", "content": "Pick one label of: cat, dog, dining-table, potted-plant."}
+    conversations = [[system, {"role": "user", "content": text}] for text in ("a puppy", "tables and chairs", "x")]
+    prompts = [llm._prompt_ids(c) for c in conversations]
+    choices = ["cat", "dining-table", "potted-plant", "tv"]
+    shared = llm.choice_log_likelihoods_shared(prompts, choices, llm._context_ids(conversations[0]))
+    assert llm._prefix is not None and len(llm._prefix[0]) == len(llm._context_ids(conversations[0]))
+    for row, prompt in zip(shared, prompts):
+        assert torch.allclose(row, llm.choice_log_likelihoods(prompt, choices), atol=1e-4)
+    assert llm.complete(conversations, choices=choices) == [choices[int(row.argmax())] for row in shared]
+    single = llm.choice_log_likelihoods_shared(prompts[:1], choices)  # one prompt: all but its last token shared
+    assert torch.allclose(single[0], shared[0], atol=1e-4)

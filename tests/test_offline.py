@@ -17,7 +17,11 @@ from offline_seg.demo import demo_image
 
 VOC = ClassList.preset("voc")
 OFFLINE_VARIABLES = ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-def test_chain_runs_with_network_off(tiny_weights, tmp_path):
+
+
+def _run_offline(tiny_weights, tmp_path, *options: str) -> Path:
+    """`segment` on one image in a subprocess with networking off; the output dir, after checking that
+    it ran, opened no socket and wrote the usual outputs."""
     guard = network_guard(tmp_path / "guard")
     image = tmp_path / "street.jpg"
     demo_image(320, 240).save(image)
@@ -29,7 +33,7 @@ def test_chain_runs_with_network_off(tiny_weights, tmp_path):
     }
     env.pop("TRANSFORMERS_OFFLINE", None)
     command = [sys.executable, "-m", "offline_seg.cli", "segment", str(image), "--weights", str(tiny_weights),
-               "--out", str(tmp_path / "out")]
+               "--out", str(tmp_path / "out"), *options]
     run = subprocess.run(no_network_prefix() + command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert not guard.attempts(), f"tried to open network sockets: {guard.attempts()}"
@@ -37,6 +41,18 @@ def test_chain_runs_with_network_off(tiny_weights, tmp_path):
     assert record["width"] == 320 and record["height"] == 240
     assert Image.open(tmp_path / "out" / "street.png").size == (320, 240)
     assert (tmp_path / "out" / "street_overlay.png").is_file()
+    return tmp_path / "out"
+
+
+def test_chain_runs_with_network_off(tiny_weights, tmp_path):
+    _run_offline(tiny_weights, tmp_path)
+
+
+def test_sam3_runs_with_network_off(tiny_weights, tmp_path):
+    """SAM 3 (model, CLIP tokenizer, preprocessing) loads from the local dir alone."""
+    out = _run_offline(tiny_weights, tmp_path, "--detector", "sam3", "--labels", "all")
+    record = json.loads((out / "street.json").read_text())
+    assert record["settings"]["detector"] == "sam3" and record["instances"]
 
 
 INPROCESS = textwrap.dedent('''

@@ -60,7 +60,7 @@ class BoxSegmenter(Recorder):
 def _pipeline(**settings):
     stages = dict(tagger=FakeTagger(), captioner=FakeCaptioner(), llm=FakeLLM(), detector=FakeDetector(),
                   segmenter=BoxSegmenter())
-    return Pipeline(PipelineConfig(classes=VOC, **settings), **stages), stages
+    return Pipeline(PipelineConfig(classes=VOC, **{"refiner": "llm", **settings}), **stages), stages
 
 
 IMAGE = Image.new("RGB", (10, 8))

@@ -53,6 +53,11 @@ def test_one_decision_of_steps_and_models(tmp_path):
     assert "tag" not in steps and models == ("llm", "detector", "segmenter")
     _, models, model_steps = decided(pre_refine=False, post_refine=False, use_caption=False)
     assert models == ("tagger", "detector", "segmenter") and ("labels", "llm") not in model_steps
+    steps, models, model_steps = decided(detector="sam3")  # SAM 3 detects and segments: no SAM, no post-refinement
+    assert steps == ("tag", "caption", "labels", "detect", "segment", "write")
+    assert models == ("tagger", "captioner", "llm", "detector") and ("segment", "segmenter") not in model_steps
+    sam3 = chain_spec(PipelineConfig(weights_dir=tmp_path, detector="sam3:/x/sam3?device=cuda:1")).model("detector")
+    assert (sam3.backend, sam3.path, sam3.device, sam3.component) == ("sam3", "/x/sam3", "cuda:1", "sam3")
 
 
 def _tiny_llm_config(directory: Path) -> None:

@@ -10,6 +10,8 @@ import click
 
 from offline_seg.errors import InvalidInputError
 from offline_seg.cli.common import _go_offline, _setup_logging, main
+from offline_seg.cli.segment import _segment_options
+from offline_seg.types import Recognition
 
 
 @main.group()
@@ -72,3 +74,41 @@ def llm_convert_gguf(gguf: Path, out_dir: Path, dtype: str) -> None:
     from offline_seg.llm.convert import gguf_to_hf
 
     click.echo(f"wrote {gguf_to_hf(gguf, out_dir, dtype=dtype)}")
+
+
+@llm.command("refine")
+@click.option("--phrases", "phrases_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Detector phrases, one per line: prints phrase<TAB>label (background when dropped).")
+@click.option("--captions", "captions_file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help='Recognition texts ("tags: caption"), one per line: prints text<TAB>labels joined by ", ".')
+@_segment_options
+def llm_refine(phrases_file: Path | None, captions_file: Path | None, out_dir: Path, verbose: int, **options) -> None:
+    """Show what refinement does with a class list before a long run: post-refinement of --phrases and
+    pre-refinement of --captions, with the model and refiner options of `run` (the others are ignored)."""
+    _go_offline()
+    _setup_logging(verbose)
+    from offline_seg.cli.segment import _build_config
+    from offline_seg.pipeline import Pipeline
+
+    if (phrases_file is None) == (captions_file is None):
+        raise click.UsageError("give --phrases FILE or --captions FILE")
+    pipeline = Pipeline(_build_config(**options))
+    background = pipeline.config.classes.background
+    if phrases_file is not None:
+        phrases = _lines(phrases_file)
+        labels = pipeline.refiner.post_refine(phrases).labels  # the pipeline's refiner, as `run` builds it
+        for phrase, label in zip(phrases, labels):
+            click.echo(f"{phrase}\t{label or background}")
+        return
+    texts = _lines(captions_file)
+    results = pipeline.scene_labels([Recognition.from_text(text) for text in texts])  # as `run` does
+    for text, (labels, _) in zip(texts, results):
+        click.echo(f"{text}\t{', '.join(labels)}")
+
+
+def _lines(path: Path) -> list[str]:
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise InvalidInputError(f"{path} has no non-empty lines")
+    return lines

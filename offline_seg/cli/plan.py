@@ -28,11 +28,13 @@ from offline_seg.cli.common import _go_offline, _setup_logging, main
               help="Tokens per LLM sequence (prompt + reply) for the KV cache allowance.")
 @click.option("--weights", "weights_dir", type=click.Path(path_type=Path), default=Path("weights"), show_default=True,
               help="Read each model's config.json here when present (defaults: the manifest's models).")
+@click.option("--detector", help="The detector's description as `run --detector` takes it; sam3[:DIR]: SAM 3 "
+              "as detector and segmenter (no SAM, no post-refinement).")
 @click.option("--all-cards", is_flag=True, help="Also print one line each for 8, 12, 16 and 24 GiB cards.")
 @click.option("-v", "--verbose", count=True)
 def plan_command(gpu_mem: str, dtype: str, llm_quant: str | None, captioner_quant: str | None, llm_backend: str,
                  llm_spec: str | None, segmenter: str | None, llm_seqs: int, llm_context: int, weights_dir: Path,
-                 all_cards: bool, verbose: int) -> None:
+                 all_cards: bool, verbose: int, detector: str | None = None) -> None:
     """GPU memory plan: per-stage weights and activations from the full-size architectures (built on the
     meta device, no weights needed), which stages stay resident, the load order and the peak.
 
@@ -49,7 +51,7 @@ def plan_command(gpu_mem: str, dtype: str, llm_quant: str | None, captioner_quan
     if llm_quant is not None:
         llm = f"{llm or weights_dir / 'llm'}{'&' if llm and '?' in llm else '?'}quantization={llm_quant}"
     chain = chain_spec(PipelineConfig(weights_dir=weights_dir, device="cuda", llm=llm, segmenter=segmenter,
-                                      captioner_quant=captioner_quant))
+                                      captioner_quant=captioner_quant, detector=detector))
     options = PlanOptions(dtype=dtype, llm_sequences=llm_seqs, llm_context=llm_context)
     try:
         _, plan = fit_chain(chain, gpu_mem, options)

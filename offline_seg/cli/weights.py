@@ -32,7 +32,7 @@ def _human(size: int) -> str:
 @weights.command("list")
 @_weights_dir_option
 def weights_list(weights_dir: Path) -> None:
-    """Show each model of the manifest: present or missing, size on disk, source."""
+    """Show each model of the manifest: present or missing, size on disk, source, licence."""
     from offline_seg.weights import WeightsDir
 
     store = WeightsDir(weights_dir)
@@ -45,7 +45,8 @@ def weights_list(weights_dir: Path) -> None:
         else:
             state = click.style("missing", fg="red")
         revision = f"@{status.entry.revision[:12]}" if status.entry.revision else ""
-        click.echo(f"{key:15} {state:18} {_human(status.size_bytes):>9}  {status.entry.repo}{revision}")
+        click.echo(f"{key:15} {state:18} {_human(status.size_bytes):>9}  {status.entry.repo}{revision}"
+                   + (f"  [{status.entry.license}]" if status.entry.license else ""))
         click.echo(f"{'':15} {status.entry.description}")
         if status.missing:
             click.echo(f"{'':15} needs {', '.join(status.missing)} in {status.directory}")

@@ -387,7 +387,7 @@ class BatchRunner:
         classes = self.pipeline.config.classes
         stored = values["segment"]
         height, width = stored["size"]
-        masks = np.stack([decode_rle(m) for m in stored["masks"]]) if stored["masks"] else np.zeros((0, height, width), bool)
+        masks = _decode_masks(stored)
         instances = InstanceMasks(
             masks=masks, boxes=np.asarray(stored["boxes"], np.float32), scores=np.asarray(stored["scores"], np.float32),
             labels=list(stored["labels"]), points=[np.asarray(p, np.float32).reshape(-1, 2) for p in stored["points"]],
@@ -432,7 +432,8 @@ def stage_identities(pipeline: Pipeline) -> dict[str, str]:
     templates = PromptTemplates.load(c.prompts_dir) if uses_llm else None
     return {
         **{stage: identity(stage) for stage in ("tagger", "captioner", "detector", "segmenter")},
-        "llm": identity("llm") if uses_llm else "none",
+        "llm": identity("llm") if uses_llm and c.refiner_mode != "embed" else "none",
+        "embedder": identity("embedder") if uses_llm and c.refiner_mode != "llm" else "none",
         "prompts": settings_key(templates.pre_refine, templates.post_refine) if templates else "none",
     }
 
@@ -456,6 +457,8 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
     classes = list(c.classes.names)
     llm = ids["llm"]
     prompts = ids["prompts"]
+    # how phrases and captions become labels
+    refiner = [c.refiner_mode, ids["embedder"], c.examples, str(c.examples_from), c.min_labels]
     keys: dict[str, str] = {}
     keys["tag"] = settings_key("tag", ids["tagger"])
     keys["caption"] = settings_key("caption", ids["captioner"], c.use_caption)
@@ -465,17 +468,23 @@ def stage_keys(pipeline: Pipeline) -> dict[str, str]:
         keys["labels"] = settings_key("labels-given", list(c.labels), classes)
     else:
         keys["labels"] = settings_key("labels", keys["tag"], keys["caption"], c.pre_refine, llm, c.constrained,
-                                      prompts, classes)
+                                      prompts, classes, *refiner)
     if c.oracle_boxes:
         keys["detect"] = settings_key("boxes-gt", keys["labels"], c.gt_box_expand, c.gt_box_jitter, c.seed)
+    elif pipeline.chain.masks_from == "detector":  # SAM 3 detects and segments: its masks go into the detect value
+        keys["detect"] = settings_key("detect-sam3", keys["labels"], ids["detector"], c.sam3_score_threshold,
+                                      c.sam3_presence_threshold, c.sam3_mask_threshold)
     else:
         keys["detect"] = settings_key("detect", keys["labels"], ids["detector"], c.box_threshold, c.text_threshold,
                                       c.nms_iou)
-    keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts)
+    keys["post_refine"] = settings_key("post_refine", keys["detect"], c.post_refine, llm, c.constrained, prompts,
+                                       *refiner)
     segment_input = keys["detect"] if c.oracle_boxes else keys["post_refine"]
     # With no points the strategy changes nothing: box-only results are shared by every strategy.
     keys["segment"] = settings_key("segment", segment_input, ids["segmenter"], c.num_points,
                                    c.point_strategy if c.num_points else "box-only")
+    if pipeline.chain.masks_from == "detector":  # the detect step's masks, reused
+        keys["segment"] = settings_key("segment-reuse", keys["detect"])
     keys["write"] = settings_key("write", keys["segment"])
     return keys
 
@@ -525,12 +534,22 @@ def _detections_value(detections: Detections, labelled: bool = False) -> dict[st
     value = {"boxes": detections.boxes.tolist(), "scores": detections.scores.tolist(), "phrases": detections.phrases}
     if labelled:
         value["labels"] = list(detections.labels)
+    if detections.masks is not None:  # a detector that segments too (SAM 3): labels and masks are its own
+        value.update(labels=list(detections.labels), masks=[encode_rle(m) for m in detections.masks],
+                     size=list(detections.masks.shape[1:]))
     return value
 
 
 def _detections_from(value: dict[str, Any]) -> Detections:
     return Detections(np.asarray(value["boxes"], np.float32), np.asarray(value["scores"], np.float32),
-                      list(value["phrases"]), list(value.get("labels") or []))
+                      list(value["phrases"]), list(value.get("labels") or []),
+                      _decode_masks(value) if "masks" in value else None)
+
+
+def _decode_masks(value: dict[str, Any]) -> np.ndarray:
+    """(N, H, W) bool from a stored value's RLE `masks` and its image `size`."""
+    height, width = value["size"]
+    return np.stack([decode_rle(m) for m in value["masks"]]) if value["masks"] else np.zeros((0, height, width), bool)
 
 
 def _labelled_detections(values: dict[str, Any]) -> Detections:

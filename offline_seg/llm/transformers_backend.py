@@ -49,6 +49,7 @@ class TransformersLLM:
         self._model = None
         self._tokenizer = None
         self._automata: dict[LabelList, LabelListAutomaton] = {}
+        self._prefix: tuple[tuple[int, ...], object] | None = None  # (prefix ids, its KV cache)
 
     @property
     def identity(self) -> str:
@@ -141,7 +142,8 @@ class TransformersLLM:
         self.stats.add(calls=1, requests=len(prompts), prompt_tokens=sum(len(ids) for ids in prompts))
         if isinstance(constraint, Choice):
             options = constraint.options
-            answers = [options[int(torch.argmax(self.choice_log_likelihoods(ids, options)))] for ids in prompts]
+            scores = self.choice_log_likelihoods_shared(prompts, options, self._context_ids(conversations[0]))
+            answers = [options[int(torch.argmax(row))] for row in scores]
             self.stats.add(completion_tokens=sum(len(self._encode(answer)) + 1 for answer in answers))
             return answers
         replies: list[str] = []
@@ -178,6 +180,64 @@ class TransformersLLM:
         self.stats.add(completion_tokens=sum(_reply_length(row, end_ids) for row in generated.tolist()))
         return [text.strip() for text in self._tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
+    def _context_ids(self, conversation: Sequence[ChatMessage]) -> list[int]:
+        """The tokens of every message but the last: the part of a prompt that other prompts share."""
+        if len(conversation) < 2:
+            return []
+        text = self._tokenizer.apply_chat_template(list(conversation[:-1]), tokenize=False)
+        return self._tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _prefix_cache(self, prefix: list[int]):
+        """The KV cache of `prefix`, encoded once and kept for the next call with the same prefix (the
+        refiner's system prompt is the same for every phrase of a run)."""
+        key = tuple(prefix)
+        if self._prefix is None or self._prefix[0] != key:
+            output = self._model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            self._prefix = (key, _output_cache(output))
+        return self._prefix[1]
+
+    @torch.inference_mode()
+    def choice_log_likelihoods_shared(
+        self, prompts: Sequence[list[int]], choices: Sequence[str], context: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """log P(choice, end-of-turn | prompt) for every prompt and choice, (len(prompts), len(choices)).
+
+        The prompts' shared prefix (at most `context`, the system message, when that is a prefix of them
+        all) is encoded once and cached across calls; every (prompt tail + choice) row is then scored in
+        batches against that cache, so a phrase costs its own few tokens, not the whole prompt again.
+        """
+        self._load()
+        prefix = _common_prefix(prompts)
+        if context and len(context) <= len(prefix) and list(prefix[: len(context)]) == list(context):
+            prefix = list(context)
+        prefix = prefix[: min(len(p) for p in prompts) - 1]  # every row keeps a token to predict from
+        end = self._end_of_turn_id()
+        continuations = [self._tokenizer(choice, add_special_tokens=False)["input_ids"] + [end] for choice in choices]
+        rows = [(i, j, list(p[len(prefix):]), cont) for i, p in enumerate(prompts) for j, cont in enumerate(continuations)]
+        scores = torch.zeros(len(prompts), len(choices))
+        cache = self._prefix_cache(prefix) if prefix else None
+        pad = self._tokenizer.pad_token_id
+        step = self.batch_size * 4
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            width = max(len(tail) + len(cont) for _, _, tail, cont in chunk)
+            ids = [tail + cont + [pad] * (width - len(tail) - len(cont)) for _, _, tail, cont in chunk]
+            mask = [[1] * (len(prefix) + len(tail) + len(cont)) + [0] * (width - len(tail) - len(cont))
+                    for _, _, tail, cont in chunk]
+            extra = {}
+            if cache is not None:
+                repeated = copy.deepcopy(cache)
+                repeated.batch_repeat_interleave(len(chunk))
+                extra[_CACHE_KWARG] = repeated
+            logits = self._model(input_ids=torch.tensor(ids, device=self.device),
+                                 attention_mask=torch.tensor(mask, device=self.device), **extra).logits
+            for row, (i, j, tail, cont) in enumerate(chunk):
+                positions = torch.arange(len(tail) - 1, len(tail) - 1 + len(cont), device=self.device)
+                log_probs = torch.log_softmax(logits[row, positions].float(), -1)
+                targets = torch.tensor(cont, device=self.device)
+                scores[i, j] = log_probs[torch.arange(len(cont), device=self.device), targets].sum().cpu()
+        return scores
+
     @torch.inference_mode()
     def choice_log_likelihoods(self, prompt_ids: list[int], choices: Sequence[str]) -> torch.Tensor:
         """log P(choice, end-of-turn | prompt) for every choice, as a (len(choices),) tensor.
@@ -211,6 +271,18 @@ class TransformersLLM:
                     total = total + log_probs[row, steps, torch.tensor(cont[1:], device=self.device)].sum()
                 scores.append(total.cpu())
         return torch.stack(scores)
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    first = list(sequences[0])
+    length = len(first)
+    for other in sequences[1:]:
+        length = min(length, len(other))
+        for index in range(length):
+            if other[index] != first[index]:
+                length = index
+                break
+    return first[:length]
 
 
 def _reply_length(tokens: list[int], end_ids: list[int]) -> int:

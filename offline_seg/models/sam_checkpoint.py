@@ -358,14 +358,22 @@ class Sam2PilProcessor:
     @classmethod
     def from_config_file(cls, path: Path, default_size: int) -> Sam2PilProcessor:
         """Read size/mean/std from a saved `Sam2ImageProcessor` config, defaults where it says nothing."""
-        config: dict[str, Any] = {}
-        if path.is_file():
-            config = json.loads(path.read_text())
+        return cls.from_config(json.loads(path.read_text()) if path.is_file() else {}, default_size)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        default_size: int,
+        default_mean: tuple[float, ...] = _IMAGENET_MEAN,
+        default_std: tuple[float, ...] = _IMAGENET_STD,
+    ) -> Sam2PilProcessor:
+        """From a saved image processor config (SAM 2's or SAM 3's format), defaults where it says nothing."""
         size = config.get("size") or {}
         return cls(
             size=int(size.get("height", default_size)) if isinstance(size, dict) else int(size),
-            image_mean=tuple(config.get("image_mean") or _IMAGENET_MEAN),
-            image_std=tuple(config.get("image_std") or _IMAGENET_STD),
+            image_mean=tuple(config.get("image_mean") or default_mean),
+            image_std=tuple(config.get("image_std") or default_std),
             rescale_factor=float(config.get("rescale_factor", 1 / 255)),
         )
 

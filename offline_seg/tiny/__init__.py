@@ -18,6 +18,8 @@ WRITERS = {
     "grounding_dino": "grounding_dino",
     "sam": "sam",
     "llm": "llama",
+    "embedder": "minilm",
+    "sam3": "sam3",
 }
 
 

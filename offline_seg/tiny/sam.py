@@ -185,22 +185,32 @@ def write_sam2(model_dir: Path, seed: int = 0) -> Path:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     build_sam2(seed).save_pretrained(model_dir)
+    write_squash_preprocessor(model_dir, "Sam2", IMAGE_SIZE, IMAGE_SIZE // 4, [0.485, 0.456, 0.406],
+                              [0.229, 0.224, 0.225])
+    return model_dir
+
+
+def write_squash_preprocessor(model_dir: Path, family: str, size: int, mask_size: int, mean: list[float],
+                              std: list[float]) -> Path:
+    """preprocessor_config.json in the format of `<family>ImageProcessor` (SAM 2, SAM 3: squash-resize to a
+    square, no padding), written by hand because those classes cannot be built without torchvision."""
     preprocessor = {
-        "image_processor_type": "Sam2ImageProcessor",
-        "processor_class": "Sam2Processor",
+        "image_processor_type": f"{family}ImageProcessor",
+        "processor_class": f"{family}Processor",
         "do_resize": True,
-        "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "mask_size": {"height": IMAGE_SIZE // 4, "width": IMAGE_SIZE // 4},
+        "size": {"height": size, "width": size},
+        "mask_size": {"height": mask_size, "width": mask_size},
         "resample": 2,  # bilinear
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
+        "image_mean": mean,
+        "image_std": std,
         "do_convert_rgb": True,
     }
-    (model_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
-    return model_dir
+    path = Path(model_dir) / "preprocessor_config.json"
+    path.write_text(json.dumps(preprocessor, indent=2) + "\n")
+    return path
 
 
 def write_official(path: Path, seed: int = 0) -> Path:

