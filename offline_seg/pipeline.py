@@ -112,8 +112,8 @@ class PipelineConfig:
 
     @property
     def refiner_mode(self) -> str:
-        """The refiner mode this run uses (`auto` resolved by device)."""
-        return resolve_mode(self.refiner, self.device)
+        """The refiner mode this run uses (`auto` resolved by device and by whether `--llm` was given)."""
+        return resolve_mode(self.refiner, self.device, llm_given=self.llm is not None)
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly settings, written next to every result."""

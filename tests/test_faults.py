@@ -296,7 +296,7 @@ def test_llm_server_failing_mid_run_is_a_clear_error_and_finished_images_are_kep
     server = _FlakyLLMServer(mode, healthy=2)
     spec = f"openai:{server.url}?timeout=0.5&retries=0&constraint=none"
     args = ["run", str(source), "--weights", str(tiny_weights), "--out", str(out), "--chunk-size", "1",
-            "--no-caption", "--points", "1", "--no-phrase-cache"]
+            "--no-caption", "--points", "1", "--no-phrase-cache", "--refiner", "llm"]
     try:
         result = CliRunner().invoke(main, [*args, "--llm", spec])
     finally:

@@ -34,7 +34,7 @@ def _loaded(pipeline: Pipeline, stage: str):
 
 def _described(tiny_weights, dtype: str, quantization: str | None, stages=STAGES):
     """The tiny chain's descriptions with one precision chosen for `stages`, as a plan would record it."""
-    config = PipelineConfig(weights_dir=tiny_weights, phrase_cache_dir=None)
+    config = PipelineConfig(weights_dir=tiny_weights, phrase_cache_dir=None, refiner="llm")
     chain = chain_spec(config)
     chain = chain.replace_models(replace(m, dtype=dtype, quantization=quantization, explicit=frozenset({"dtype", "quantization"}))
                                  for m in chain.models if m.stage in stages)
@@ -70,7 +70,7 @@ def test_int4_llm_on_cpu_still_answers(tiny_weights):
 def test_plan_and_runner_agree_on_loads_and_releases(tiny_weights, tmp_path, monkeypatch):
     from PIL import Image
 
-    config = PipelineConfig(weights_dir=tiny_weights, phrase_cache_dir=None)
+    config = PipelineConfig(weights_dir=tiny_weights, phrase_cache_dir=None, refiner="llm")
     chain = chain_spec(config)
     options = PlanOptions(llm_quant="none", cuda_context_bytes=0)
     everything = plan_chain(chain, "1TiB", options)

@@ -154,7 +154,7 @@ def test_config_json_in_weights_dir_changes_the_count(tmp_path):
 def test_plan_for_follows_the_pipeline_switches(tmp_path):
     plan = plan_for(PipelineConfig(weights_dir=tmp_path, oracle_boxes=True), "8GiB")
     assert [s.name for s in plan.stages] == ["segmenter"] and plan.fits and plan.resident_stages == ("segmenter",)
-    plan = plan_for(PipelineConfig(weights_dir=tmp_path, use_caption=False, pre_refine=False), "8GiB")
+    plan = plan_for(PipelineConfig(weights_dir=tmp_path, use_caption=False, pre_refine=False, refiner="llm"), "8GiB")
     assert "captioner" not in {s.name for s in plan.stages}
     assert plan.stage("llm").uses == 1 and "llm (pre)" not in plan.steps
 

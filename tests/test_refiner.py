@@ -139,7 +139,7 @@ def test_nothing_named_means_the_detector_is_not_called():
             return ("sky",)
 
     llm = ConstrainedScriptedLLM({"Here are input caption tags and text: sky": "none of these"})
-    pipeline = Pipeline(PipelineConfig(use_caption=False, phrase_cache_dir=None), tagger=OneTag(), llm=llm,
+    pipeline = Pipeline(PipelineConfig(use_caption=False, phrase_cache_dir=None, refiner="llm"), tagger=OneTag(), llm=llm,
                         detector=NoDetector())
     [(labels, reply)] = pipeline.scene_labels([Recognition(("sky",))])
     assert labels == [] and reply == "none of these"

@@ -155,7 +155,7 @@ def test_weights_list_shows_the_gated_sam3_entry_and_its_licence(tiny_weights):
 def test_memory_plan_has_sam3_with_its_exact_parameter_count(tmp_path):
     from offline_seg.plan import plan_for
 
-    plan = plan_for(PipelineConfig(weights_dir=tmp_path, detector="sam3"), "24GiB")
+    plan = plan_for(PipelineConfig(weights_dir=tmp_path, detector="sam3", refiner="llm"), "24GiB")
     detector = plan.stage("detector")
     assert detector.description == "SAM 3" and detector.params == 840_376_374  # Sam3Model(Sam3Config()) on meta
     assert "segmenter" not in {s.name for s in plan.stages} and "llm (post)" not in plan.steps

@@ -120,4 +120,5 @@ def test_auto_mode_is_hybrid_on_cuda_and_embed_on_cpu():
 
     assert [resolve_mode("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["embed", "hybrid", "hybrid"]
     assert resolve_mode("llm", "cpu") == "llm"
+    assert resolve_mode("auto", "cpu", llm_given=True) == "hybrid"  # an LLM named with --llm is used
     assert PipelineConfig().refiner_mode == "embed" and PipelineConfig(device="cuda").refiner_mode == "hybrid"

@@ -42,7 +42,7 @@ def test_one_parser_for_every_stage(tmp_path):
 
 def test_one_decision_of_steps_and_models(tmp_path):
     def decided(**switches):
-        chain = chain_spec(PipelineConfig(weights_dir=tmp_path, **switches))
+        chain = chain_spec(PipelineConfig(weights_dir=tmp_path, **{"refiner": "llm", **switches}))
         return chain.steps, tuple(m.stage for m in chain.models), chain.model_steps
 
     steps, models, _ = decided()
@@ -58,6 +58,10 @@ def test_one_decision_of_steps_and_models(tmp_path):
     assert models == ("tagger", "captioner", "llm", "detector") and ("segment", "segmenter") not in model_steps
     sam3 = chain_spec(PipelineConfig(weights_dir=tmp_path, detector="sam3:/x/sam3?device=cuda:1")).model("detector")
     assert (sam3.backend, sam3.path, sam3.device, sam3.component) == ("sam3", "/x/sam3", "cuda:1", "sam3")
+    # refinement by the embedder alone (the CPU default) loads no LLM, and preflight does not ask for one
+    embed_only = chain_spec(PipelineConfig(weights_dir=tmp_path))
+    assert PipelineConfig(weights_dir=tmp_path).refiner_mode == "embed"
+    assert [m.stage for m in embed_only.models] == ["tagger", "captioner", "detector", "segmenter"]
 
 
 def _tiny_llm_config(directory: Path) -> None:
@@ -138,6 +142,7 @@ def test_preflight_reports_every_missing_file_at_once(tiny_weights, tmp_path):
 def test_store_keys_follow_the_description(tiny_weights):
     from offline_seg.engines.runner import stage_keys
 
-    plain = stage_keys(Pipeline(PipelineConfig(weights_dir=tiny_weights)))
-    int8 = stage_keys(Pipeline(PipelineConfig(weights_dir=tiny_weights, llm=f"{tiny_weights}/llm?quantization=int8")))
+    plain = stage_keys(Pipeline(PipelineConfig(weights_dir=tiny_weights, refiner="llm")))
+    int8 = stage_keys(Pipeline(PipelineConfig(weights_dir=tiny_weights, refiner="llm",
+                                              llm=f"{tiny_weights}/llm?quantization=int8")))
     assert plain["labels"] != int8["labels"] and plain["tag"] == int8["tag"]

@@ -27,12 +27,13 @@ TEMPLATE = "a photo of a {}"  # how a label or phrase is put to the embedder (me
 DEFAULT_REFINER = "auto"  # hybrid on a GPU, embed on a CPU (see `resolve_mode` and the README's table)
 
 
-def resolve_mode(mode: str, device: str) -> str:
-    """`auto` → `hybrid` where an LLM is fast (a CUDA device), else `embed`: measured on CPU, the small LLM
-    that fits there never beat the embedding on the shortlist, and loading a large one costs minutes."""
+def resolve_mode(mode: str, device: str, llm_given: bool = False) -> str:
+    """`auto` → `hybrid` where an LLM is fast (a CUDA device) or was named explicitly (`--llm`: the user wants
+    it asked), else `embed`: measured on CPU, the small LLM that fits there never beat the embedding on the
+    shortlist, and loading a large one costs minutes."""
     if mode != "auto":
         return mode
-    return "hybrid" if device.startswith("cuda") else "embed"
+    return "hybrid" if device.startswith("cuda") or llm_given else "embed"
 
 # Caption words that never name a class: left out of the embedding candidates.
 _STOPWORDS = frozenset(
