@@ -270,7 +270,8 @@ class _FlakyLLMServer:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # a short poll: closing (mode "down") takes ~10 ms, far inside the client's 0.5 s timeout
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
         self._closed = False
 
     def close(self):
