@@ -26,7 +26,7 @@ from offline_seg.engines.runner import BatchRunner, RunSummary, StageFailure, _I
 from offline_seg.engines.store import OutputLock, ResultStore
 from offline_seg.errors import InvalidInputError, OfflineSegError
 from offline_seg.pipeline import Pipeline, PipelineConfig
-from offline_seg.specs import STEP_MODELS
+from offline_seg.specs import STEP_MODELS, chain_spec
 
 if TYPE_CHECKING:
     from offline_seg.plan import MemoryPlan
@@ -107,19 +107,6 @@ def parse_actors(text: str | None) -> dict[str, int]:
     return result
 
 
-def stage_model(stage: str, config: PipelineConfig) -> str | None:
-    """The model a stage loads under `config` (names as in the memory plan); None: it runs as a task."""
-    c = config
-    given = c.oracle_labels or c.labels is not None or c.oracle_boxes
-    if stage == "labels":
-        return "llm" if not given and c.pre_refine else None
-    if stage == "detect":
-        return None if c.oracle_boxes else "detector"
-    if stage == "post_refine":
-        return "llm" if c.post_refine else None
-    return STEP_MODELS.get(stage)
-
-
 def stage_resources(config: PipelineConfig, stages: Sequence[str], options: RayOptions,
                     plan: MemoryPlan | None = None) -> dict[str, StageResources]:
     """Per stage: actor pool size and GPU share. On a GPU the share is the stage's step in the memory plan
@@ -130,15 +117,17 @@ def stage_resources(config: PipelineConfig, stages: Sequence[str], options: RayO
         raise InvalidInputError("the Ray engine on a GPU needs the card size for each stage's GPU share: "
                                 "pass --gpu-mem (e.g. --gpu-mem 24GiB)")
     default = options.actors.get("*", 1)
+    chain = chain_spec(config)  # which model each step runs: the one decision the local engine follows too
+    llm = chain.model("llm")
     result = {}
     for stage in stages:
-        model = stage_model(stage, config)
+        model = chain.step_model(stage)
         if model is None:
             result[stage] = StageResources(stage, 0)
             continue
         gpus = 0.0
         if cuda and plan is not None and model in {s.name for s in plan.stages}:
-            llm_vllm = model == "llm" and (config.llm or "").startswith("vllm:")
+            llm_vllm = model == "llm" and llm is not None and llm.backend == "vllm"
             if llm_vllm and plan.vllm_gpu_memory_utilization:
                 share = plan.vllm_gpu_memory_utilization
             else:
