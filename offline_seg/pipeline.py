@@ -213,8 +213,7 @@ class Pipeline:
         c = self.config
         if self._detector is None and is_sam3(spec := self.model_spec("detector")):
             self._detector = Sam3Detector(spec.path, c.sam3_thresholds(), device=spec.device)
-        if self._detector is None:
-            spec = self.model_spec("detector")
+        elif self._detector is None:
             self._detector = GroundingDinoDetector(
                 spec.path,
                 box_threshold=c.box_threshold,
@@ -253,19 +252,23 @@ class Pipeline:
                 self._refiner = GuidedRefiner(LabelEmbeddings(self.embedder, c.classes), llm_refiner)
         return self._refiner
 
-    def _llm_refiner(self) -> Refiner:
-        """The paper's LLM refiner (loads the LLM), with the persistent phrase cache when configured."""
+    @property
+    def llm(self) -> LLM:
         if self._llm is None:
             self._llm = load_llm(self.model_spec("llm"))
+        return self._llm
+
+    def _llm_refiner(self) -> Refiner:
+        """The paper's LLM refiner (loads the LLM), with the persistent phrase cache when configured."""
         c = self.config
         templates = PromptTemplates.load(c.prompts_dir)
         if c.examples or c.min_labels:
             templates = with_additions(templates, examples=self.examples, min_labels=c.min_labels)
         cache = None
         if c.phrase_cache_dir is not None:
-            cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self._llm, c.classes, templates,
+            cache = Refiner.open_phrase_cache(c.phrase_cache_dir, self.llm, c.classes, templates,
                                               constrained=c.constrained)
-        return Refiner(self._llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
+        return Refiner(self.llm, c.classes, templates, constrained=c.constrained, phrase_cache=cache)
 
     @property
     def examples(self) -> list[Example]:
@@ -274,9 +277,7 @@ class Pipeline:
         if self._examples is None:
             self._examples = []
             if c.examples:
-                if self._llm is None:
-                    self._llm = load_llm(self.model_spec("llm"))
-                self._examples = build_examples(c.examples_from, c.examples, c.classes, self._llm,
+                self._examples = build_examples(c.examples_from, c.examples, c.classes, self.llm,
                                                 lambda path: self.recognize(load_image(path)))
         return self._examples
 
