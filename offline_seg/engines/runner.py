@@ -26,7 +26,7 @@ from offline_seg.io.images import IMAGE_SUFFIXES, load_image
 from offline_seg.io.outputs import decode_rle, encode_rle, save_result
 from offline_seg.pipeline import Pipeline
 from offline_seg.engines.store import OutputLock, ResultStore, settings_key
-from offline_seg.specs import STEPS
+from offline_seg.specs import MODELS, STEPS, ModelSpec
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 from offline_seg.weights import sha256_file
 
@@ -419,26 +419,26 @@ def stage_identities(pipeline: Pipeline) -> dict[str, str]:
     from offline_seg.stages.refiner import PromptTemplates
     from offline_seg.weights import model_identity
 
-    c = pipeline.config
-    uses_llm = c.pre_refine or c.post_refine
+    chain = pipeline.chain  # only the models the run loads count, as `chain_spec` decided
 
-    def identity(stage: str) -> str:
-        spec = pipeline.model_spec(stage)
-        if stage == "llm":
+    def identity(spec: ModelSpec | None) -> str:
+        if spec is None:
+            return "none"
+        if spec.stage == "llm":
             return llm_identity(spec)
         return replace(spec, path=model_identity(Path(spec.path)), device="", resident=True,
                        gpu_memory_utilization=None).text()
 
-    templates = PromptTemplates.load(c.prompts_dir) if uses_llm else None
+    c = pipeline.config
+    templates = PromptTemplates.load(c.prompts_dir) if c.pre_refine or c.post_refine else None
     return {
-        **{stage: identity(stage) for stage in ("tagger", "captioner", "detector", "segmenter")},
-        "llm": identity("llm") if uses_llm and c.refiner_mode != "embed" else "none",
-        "embedder": identity("embedder") if uses_llm and c.refiner_mode != "llm" else "none",
+        **{stage: identity(chain.model(stage)) for stage in MODELS},
+        "embedder": identity(pipeline.model_spec("embedder") if pipeline.uses_embedder else None),
         "prompts": settings_key(templates.pre_refine, templates.post_refine) if templates else "none",
     }
 
 
-def llm_identity(spec) -> str:
+def llm_identity(spec: ModelSpec) -> str:
     """The LLM backend's own identity (as the phrase cache uses it): its files and loading options for a
     local model, the served model's name for a server (if the server cannot be asked now, its URL)."""
     from offline_seg.llm.base import load_llm
