@@ -20,7 +20,8 @@ from offline_seg.stages.composer import compose
 from offline_seg.errors import InvalidInputError
 from offline_seg.stages.detector import Detector, GroundingDinoDetector
 from offline_seg.io.images import load_image
-from offline_seg.llm.base import LLM, load_llm
+from offline_seg.llm.base import LLM
+from offline_seg.llm.registry import load_llm
 from offline_seg.llm.cache import default_cache_dir
 from offline_seg.models.embedder import load_embedder
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm

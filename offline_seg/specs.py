@@ -7,7 +7,7 @@ models a `PipelineConfig` loads and the steps it runs. The memory plan reads a `
 one with each stage's precision and residency filled in; the loaders build exactly what it says; the
 batch runner runs its steps, releases its swapped models and keys its results by its specs.
 
-Standard library only: the vLLM venv imports this through `offline_seg.llm.base`.
+Standard library only: the vLLM venv imports this through `offline_seg.llm.registry`.
 """
 
 from __future__ import annotations

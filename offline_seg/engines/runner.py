@@ -441,7 +441,7 @@ def stage_identities(pipeline: Pipeline) -> dict[str, str]:
 def llm_identity(spec: ModelSpec) -> str:
     """The LLM backend's own identity (as the phrase cache uses it): its files and loading options for a
     local model, the served model's name for a server (if the server cannot be asked now, its URL)."""
-    from offline_seg.llm.base import load_llm
+    from offline_seg.llm.registry import load_llm
 
     try:
         return str(load_llm(spec).identity)  # builds the client only: nothing is loaded
