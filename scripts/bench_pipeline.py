@@ -30,7 +30,8 @@ from PIL import Image  # noqa: E402
 
 from offline_seg.io.outputs import save_result  # noqa: E402
 from offline_seg.pipeline import Pipeline, PipelineConfig  # noqa: E402
-from offline_seg.engines.runner import BatchRunner, find_images  # noqa: E402
+from offline_seg.engines.runner import BatchRunner  # noqa: E402
+from offline_seg.io.inputs import find_images  # noqa: E402
 from offline_seg.engines.store import STORE_NAME  # noqa: E402
 from offline_seg.tiny import make_tiny_weights  # noqa: E402
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offline_seg.engines.runner import BatchRunner, find_images
+from offline_seg.engines.runner import BatchRunner
+from offline_seg.io.inputs import find_images
 from offline_seg.engines.store import STORE_NAME, OutputLock, OutputLockedError, ResultStore
 from offline_seg.pipeline import Pipeline, PipelineConfig
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from offline_seg.errors import InvalidInputError
 from offline_seg.pipeline import Pipeline, PipelineConfig
-from offline_seg.engines.runner import BatchRunner, find_images
+from offline_seg.engines.runner import BatchRunner
+from offline_seg.io.inputs import find_images
 from offline_seg.engines.store import STORE_NAME, ResultStore
 
 

@@ -40,7 +40,7 @@ def _class_list(preset: str | None, classes: str | None) -> ClassList:
 
 def _collect_images(inputs: tuple[str, ...]) -> list[Path]:
     """Files as given (a bad one is reported per image later); a folder's own images, as `run` finds them."""
-    from offline_seg.engines.runner import find_images
+    from offline_seg.io.inputs import find_images
 
     images: list[Path] = []
     for item in inputs:

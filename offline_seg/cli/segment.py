@@ -209,7 +209,8 @@ def _run_segment(
     _setup_logging(verbose)
     from tqdm import tqdm
 
-    from offline_seg.engines.runner import failure_reason, output_names, with_oom_retry
+    from offline_seg.engines.runner import failure_reason, with_oom_retry
+    from offline_seg.io.inputs import output_names
     from offline_seg.io.images import load_image
     from offline_seg.io.outputs import save_result
     from offline_seg.pipeline import Pipeline
@@ -281,7 +282,8 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     _setup_logging(verbose)
     from offline_seg.evaluation.ablations import ABLATIONS, ablation_config
     from offline_seg.pipeline import Pipeline
-    from offline_seg.engines.runner import BatchRunner, find_images
+    from offline_seg.engines.runner import BatchRunner
+    from offline_seg.io.inputs import find_images
 
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from offline_seg.engines.runner import BatchRunner, RunSummary, StageFailure, _Item, output_names
+from offline_seg.engines.runner import BatchRunner, RunSummary, StageFailure, _Item
+from offline_seg.io.inputs import output_names
 from offline_seg.engines.store import OutputLock, ResultStore
 from offline_seg.errors import InvalidInputError, OfflineSegError
 from offline_seg.pipeline import Pipeline, PipelineConfig
