@@ -10,7 +10,7 @@ import click
 
 from offline_seg.errors import InvalidInputError
 from offline_seg.cli.common import _go_offline, _setup_logging, main
-from offline_seg.cli.segment import _segment_options
+from offline_seg.cli.options import _segment_options
 from offline_seg.types import Recognition
 
 
@@ -87,7 +87,7 @@ def llm_refine(phrases_file: Path | None, captions_file: Path | None, out_dir: P
     pre-refinement of --captions, with the model and refiner options of `run` (the others are ignored)."""
     _go_offline()
     _setup_logging(verbose)
-    from offline_seg.cli.segment import _build_config
+    from offline_seg.cli.options import _build_config
     from offline_seg.pipeline import Pipeline
 
     if (phrases_file is None) == (captions_file is None):

@@ -1,0 +1,107 @@
+"""`run`: every image under a folder or dataset root, stage-major and resumable (or on Ray)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from offline_seg.cli.common import _go_offline, _setup_logging, main
+from offline_seg.cli.options import _build_config, _echo_plan, _segment_options
+from offline_seg.errors import InvalidInputError
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@_segment_options
+@click.option("--chunk-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per chunk; each stage runs over a whole chunk before the next stage starts.")
+@click.option("--ablation", "ablations", multiple=True,
+              help="Table-3 row(s) to run, each into OUT/<row>: full, no-blip2, no-pre-refine, no-post-refine, "
+              "no-points, all-off, gt-labels, or all. With --gt, every row is scored and printed beside the paper.")
+@click.option("--no-recursive", is_flag=True, help="Only the folder's own images, not its sub-folders.")
+@click.option("--image-list", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
+@click.option("--skip-missing", is_flag=True, help="Ablation table: leave images with no prediction out of the "
+              "score (as `eval --skip-missing`); by default they count as all-background.")
+@click.option("--gt-suffix", default="", help='Ablation table: ground-truth name ending to strip, as in `eval`.')
+@click.option("--pred-suffix", default="", help='Ablation table: prediction name ending to strip, as in `eval`.')
+@click.option("--retry-failed", is_flag=True, help="Try again the images an earlier run recorded as failed "
+              "(by default they are skipped and listed again).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: each model stage an actor pool on Ray Data, over many GPUs and machines "
+              "(needs the [ray] extra; same store, same outputs).")
+@click.option("--ray-address", help="Join this Ray cluster (HOST:PORT or auto); default: start Ray on this "
+              "machine only.")
+@click.option("--ray-actors", help="Actors per model stage: N, or per stage, e.g. segment=2,detect=2 (default 1).")
+def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
+        image_list: Path | None, retry_failed: bool, skip_missing: bool, gt_suffix: str, pred_suffix: str,
+        engine: str, ray_address: str | None, ray_actors: str | None, **options) -> None:
+    """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
+
+    Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
+    crash and only the missing work is done; change a setting and only the stages after it are redone.
+    Unreadable images are recorded as failed and the run goes on.
+    """
+    _go_offline()
+    _setup_logging(verbose)
+    from offline_seg.evaluation.ablations import ABLATIONS, ablation_config
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.engines.runner import BatchRunner
+    from offline_seg.io.inputs import find_images
+
+    if engine != "ray" and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
+    base = _build_config(**options)
+    root, images = find_images(source, recursive=not no_recursive, names=image_list)
+    if not images:
+        raise InvalidInputError(f"no images under {source}")
+    rows = list(ABLATIONS) if "all" in ablations else list(ablations)
+    for row in rows:
+        if row not in ABLATIONS:
+            raise click.BadParameter(f"unknown row {row!r}; rows: {', '.join(ABLATIONS)}, all", param_hint="--ablation")
+    if "gt-labels" in rows and base.ground_truth_dir is None:
+        raise click.UsageError("the gt-labels row needs --gt DIR")
+    runs = [(row, ablation_config(base, row), out_dir / row) for row in rows] or [(None, base, out_dir)]
+    click.echo(f"{len(images)} images under {root}")
+    any_failed = False
+    for row, config, row_out in runs:
+        if row:
+            click.secho(f"== {row} -> {row_out}", bold=True)
+        pipeline = Pipeline(config)
+        _echo_plan(pipeline)
+        if engine == "ray":
+            from offline_seg.engines.ray_engine import RayOptions, RayRunner, parse_actors
+
+            runner = RayRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed,
+                               options=RayOptions(address=ray_address, actors=parse_actors(ray_actors)),
+                               plan=pipeline.memory_plan)
+        else:
+            runner = BatchRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed)
+        summary = runner.run(images, root=root)
+        click.echo(summary.table())
+        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}"
+                   + (f" ({len(summary.failed)} failed)" if summary.failed else ""))
+        for name, reason in sorted(summary.failed.items()):
+            click.secho(f"failed: {name}: {reason}", fg="red", err=True)
+        any_failed |= bool(summary.failed)
+    if rows and base.ground_truth_dir is not None:
+        _print_ablation_table(runs, base, skip_missing=skip_missing, gt_suffix=gt_suffix, pred_suffix=pred_suffix)
+    if any_failed:
+        sys.exit(1)
+
+
+def _print_ablation_table(runs, base, **eval_options) -> None:
+    """Score each row's output against --gt with `eval`'s own code and options (`evaluate`) and print it
+    beside the paper's Table 3."""
+    from offline_seg.evaluation import metrics as evaluation
+    from offline_seg.evaluation.ablations import PAPER_MIOU, paper_row_name
+
+    paper = PAPER_MIOU.get(base.classes.name, {})
+    click.echo(f"\n| row | paper row | mIoU % (ours) | paper mIoU % ({base.classes.name}, GPT-4) |\n|---|---|---:|---:|")
+    for row, config, row_out in runs:
+        report = evaluation.evaluate(row_out, base.ground_truth_dir, config.classes, **eval_options)
+        theirs = f"{paper[row]:.2f}" if row in paper else "n/a"
+        note = f" ({len(report.missing)} missing, {len(report.failed)} failed)" if not report.ok else ""
+        click.echo(f"| {row} | {paper_row_name(row)} | {100 * report.miou:.2f}{note} | {theirs} |")
