@@ -48,3 +48,8 @@ class MissingWeightsError(OfflineSegError, FileNotFoundError):
 
 class InvalidInputError(OfflineSegError, ValueError):
     """The user's input (image, class list, option) cannot be used."""
+
+
+class ModelLoadError(OfflineSegError):
+    """A model's files are there but cannot be loaded (truncated, garbled, another format): the same for
+    every image, so the run stops once, naming the file, and no image is marked failed for it."""

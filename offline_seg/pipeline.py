@@ -16,10 +16,10 @@ from PIL import Image
 
 from offline_seg.stages.captioner import Blip2Captioner, Captioner
 from offline_seg.classes import ClassList, ensure_names
-from offline_seg.stages.composer import compose
 from offline_seg.errors import InvalidInputError
 from offline_seg.stages.detector import Detector, GroundingDinoDetector
 from offline_seg.io.images import load_image
+from offline_seg.io.outputs import MAX_CLASSES
 from offline_seg.llm.base import LLM
 from offline_seg.llm.registry import load_llm
 from offline_seg.llm.cache import default_cache_dir
@@ -110,6 +110,11 @@ class PipelineConfig:
             raise InvalidInputError(f"unknown refiner {self.refiner!r}; choose one of {', '.join(REFINER_MODES)}")
         if self.examples and (self.examples_from is None or self.refiner_mode == "embed"):
             raise InvalidInputError("few-shot examples need --examples-from DIR and an LLM (not --refiner embed)")
+        if len(self.classes) > MAX_CLASSES:
+            raise InvalidInputError(f"{len(self.classes)} classes do not fit the class-map PNG (at most "
+                                    f"{MAX_CLASSES}, the background included)")
+        if self.labels is not None:  # found before any model loads, not once per image
+            ensure_names(self.labels, self.classes)
 
     @property
     def refiner_mode(self) -> str:
@@ -379,40 +384,24 @@ class Pipeline:
         name: str | None = None,
         ground_truth: np.ndarray | None = None,
     ) -> SegmentationResult:
-        """Run the whole chain on one image.
+        """Run the whole chain on one image, through the same steps a batch run takes (`offline_seg.steps`).
 
         `labels` (or `config.labels`) skips recognition and pre-refinement: the paper's ground-truth-labels
         row. With `config.oracle_labels`/`oracle_boxes`, labels/boxes come from `ground_truth` (a class-index
         map) or from `config.ground_truth_dir`, matched by `name` (default: the image file's stem).
+        An image the chain cannot process raises InvalidInputError with the reason.
         """
-        if name is None and isinstance(image, (str, Path)):
-            name = Path(image).stem
-        image = load_image(image)
-        c = self.config
-        if (c.oracle_labels or c.oracle_boxes) and ground_truth is None:
-            ground_truth = self.ground_truth_for(image, name)
-        replies: dict[str, object] = {}
-        recognition: Recognition | None = None
-        prompt_labels = self.fixed_labels(ground_truth, labels)
-        if self.chain.boxes_from == "gt":
-            detections = self.ground_truth_boxes(ground_truth, name or "")
-        else:
-            if prompt_labels is None:
-                recognition = self.recognize(image)
-                [(prompt_labels, reply)] = self.scene_labels([recognition])
-                if reply is not None:
-                    replies["pre_refine"] = reply
-            logger.info("detector prompt: %s", prompt_labels)
-            [(detections, post_replies)] = self.label_detections([self.detect(image, prompt_labels)])
-            if post_replies is not None:
-                replies["post_refine"] = post_replies
-        instances = self.segmenter.segment(image, detections)
-        return SegmentationResult(
-            class_map=compose(instances, c.classes, image.height, image.width),
-            class_names=list(c.classes.names),
-            recognition=recognition,
-            scene_labels=prompt_labels,
-            detections=detections,
-            instances=instances,
-            llm_replies=replies,
-        )
+        from offline_seg.steps import Item, StepFailure, Steps
+
+        path = Path(image) if isinstance(image, (str, Path)) else None
+        item = Item(path, name or (path.stem if path else ""), image=None if path else load_image(image),
+                    labels=None if labels is None else tuple(labels), truth=ground_truth)
+        steps = Steps(self)
+        for step in self.chain.steps:
+            if step == "write" or (labels is not None and step in ("tag", "caption")):
+                continue
+            [value] = steps.compute(step, [item])
+            if isinstance(value, StepFailure):
+                raise InvalidInputError(value.reason)
+            item.values[step] = value
+        return steps.result(item.values)

@@ -132,8 +132,27 @@ class WeightsDir:
 
     # --- integrity ----------------------------------------------------------------------------
     def read_lock(self) -> dict[str, dict[str, object]]:
+        """The lock file's records, checked: every entry a file under one of the manifest's folders (no
+        absolute path, no `..`) with its sha256 and size; a damaged lock is one clear error."""
+        from offline_seg.io.inputs import safe_relative
+
         path = self.root / LOCK_NAME
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        fix = "fetch the weights again (`offline-seg weights pull`) or restore the lock file from the weights tar"
+        try:
+            lock = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise InvalidInputError(f"{path} is damaged ({error}); {fix}") from None
+        if not isinstance(lock, dict):
+            raise InvalidInputError(f"{path} is not a lock file (not a JSON object); {fix}")
+        for name, record in lock.items():
+            if safe_relative(name) is None or name.split("/")[0] not in self.manifest:
+                raise InvalidInputError(f"{path} lists {name!r}, which is not a file of this weights dir; {fix}")
+            if not (isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                    and isinstance(record.get("size"), int)):
+                raise InvalidInputError(f"{path}: the entry of {name} has no sha256 and size; {fix}")
+        return lock
 
     def write_lock(self, provenance: dict[str, dict[str, str]] | None = None) -> Path:
         """Record sha256 and size of every file under the manifest's directories, and where each came
@@ -169,7 +188,7 @@ class WeightsDir:
         lock_path = self.root / LOCK_NAME
         if not lock_path.is_file():
             raise InvalidInputError(f"no lock file {lock_path}: run `offline-seg weights pull` (or `make-tiny`) first")
-        lock = json.loads(lock_path.read_text())
+        lock = self.read_lock()
         report: dict[str, str] = {}
         for name, info in lock.items():
             path = self.root / name

@@ -50,7 +50,7 @@ def test_bad_image_is_reported_and_others_still_written(tiny_weights, tmp_path):
 def test_missing_weights_is_one_clear_error(tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
-    result = CliRunner().invoke(main, ["segment", str(image), "--weights", str(tmp_path / "w"), "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["segment", str(image), "--weights", str(tmp_path / "w"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "ram_plus_swin_large_14m.pth" in result.output
     assert "offline-seg weights pull ram_plus" in result.output

@@ -154,8 +154,31 @@ def test_cuda_out_of_memory_empties_the_cache_and_retries_once(tiny_weights, tmp
         return real(image, labels)
 
     monkeypatch.setattr(pipeline.detector, "detect", once_oom)
+    # the models are loaded on the CPU first; the retry is for a CUDA device's allocator, so the run says it is one
+    pipeline.segmenter, pipeline.embedder  # noqa: B018 - loaded here, on the CPU
+    monkeypatch.setattr(pipeline.config, "device", "cuda")
     summary = BatchRunner(pipeline, tmp_path / "out", progress=False).run(images, root=source)
     assert summary.done == 2 and not summary.failed and emptied == [1] and len(calls) == 3
+
+
+def test_out_of_memory_is_retried_on_cuda_devices_only():
+    import torch
+
+    from offline_seg.steps import with_oom_retry
+
+    attempts = []
+
+    def compute():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return "ok"
+
+    assert with_oom_retry(compute, "cuda:1") == "ok" and len(attempts) == 2
+    attempts.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        with_oom_retry(compute, "cpu")
+    assert len(attempts) == 1
 
 
 def test_a_batch_that_raises_is_split_so_one_bad_image_does_not_fail_the_chunk(tiny_weights, tmp_path):

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -32,19 +33,25 @@ def test_rle_round_trip():
 def test_save_result_writes_palette_png_overlay_and_json(tmp_path):
     result = _result()
     image = Image.new("RGB", (30, 20), (10, 200, 10))
-    paths = save_result(result, image, tmp_path, "img", settings={"num_points": 20})
-    mask_png = Image.open(paths.mask)
+    files = save_result(result, image, tmp_path, "img", settings={"num_points": 20}, input_sha256="ab12")
+    assert {kind: entry["path"] for kind, entry in files.items()} == {
+        "mask": "img.png", "overlay": "img_overlay.png", "record": "img.json"}
+    for entry in files.values():  # each file's identity, as the run records it to know the file later
+        data = (tmp_path / entry["path"]).read_bytes()
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.json", "img.png", "img_overlay.png"]  # no partials
+    mask_png = Image.open(tmp_path / "img.png")
     assert mask_png.mode == "P" and mask_png.getpalette()[12 * 3 : 12 * 3 + 3] == [64, 0, 128]
     assert np.array_equal(np.asarray(mask_png), result.class_map)
-    overlay = Image.open(paths.overlay)
+    overlay = Image.open(tmp_path / "img_overlay.png")
     assert overlay.height >= 20 and overlay.width > 30  # legend beside the image
-    record = json.loads(paths.record.read_text())
+    record = json.loads((tmp_path / "img.json").read_text())
     assert record["recognition"]["text"] == "dog, grass: a dog"
     assert [d["label"] for d in record["detections"]] == ["dog", None]
     [instance] = record["instances"]
     assert instance["class_index"] == 12 and instance["area"] == 150 and instance["points"] == [[12.0, 7.0]]
     assert np.array_equal(decode_rle(instance["segmentation"]), result.instances.masks[0])
-    assert record["settings"] == {"num_points": 20}
+    assert record["settings"] == {"num_points": 20} and record["input_sha256"] == "ab12"
 
 
 def test_overlay_tints_only_labelled_pixels():

@@ -73,7 +73,7 @@ def _segment_voc_474(sam_onnx_dir, voc_mini, out, *extra: str) -> dict:
     result = CliRunner().invoke(main, [
         "segment", str(voc_mini / "JPEGImages" / "voc_474.png"), "--preset", "voc", "--boxes", "gt",
         "--gt", str(voc_mini / "SegmentationClass"), "--segmenter", f"onnx:{sam_onnx_dir}",
-        "--weights", str(out / "no-weights"), "--out", str(out), *extra,
+        "--weights", str(out.parent / "no-weights"), "--out", str(out), *extra,
     ])
     assert result.exit_code == 0, result.output
     return json.loads((out / "voc_474.json").read_text())

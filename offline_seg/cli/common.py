@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import traceback
 from pathlib import Path
 
 import click
 
 from offline_seg.classes import ClassList
-from offline_seg.errors import OfflineSegError
+from offline_seg.errors import InvalidInputError, OfflineSegError
 
 logger = logging.getLogger("offline_seg")
 
@@ -30,12 +32,29 @@ def _setup_logging(verbose: int) -> None:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+# First names that say "background" (the class of the pixels no detection covers).
+BACKGROUND_NAMES = ("background", "unlabeled", "unlabelled", "void", "other", "others", "none", "nothing", "bg",
+                    "__background__", "ignore", "rest", "empty")
+
+
 def _class_list(preset: str | None, classes: str | None) -> ClassList:
+    """The class list of `--preset` or `--classes` (names, or a file of one name per line). A custom list
+    must name its background first: index 0 is what no detection covers, never a real class by accident."""
     if preset and classes is not None:
         raise click.UsageError("give --preset or --classes, not both")
-    if classes is not None:  # an empty --classes "" is an empty list, an error, not the default preset
-        return ClassList.from_file(Path(classes)) if Path(classes).is_file() else ClassList.parse(classes)
-    return ClassList.preset(preset or "voc")
+    if classes is None:
+        return ClassList.preset(preset or "voc")
+    try:  # an inline list is not a file (and may be longer than a file name can be)
+        is_file = "," not in classes and "\n" not in classes and Path(classes).is_file()
+    except OSError:
+        is_file = False
+    class_list = ClassList.from_file(Path(classes)) if is_file else ClassList.parse(classes)
+    if class_list.background.strip().lower() not in BACKGROUND_NAMES:
+        names = ", ".join(class_list.names)
+        raise InvalidInputError(f"the first class of a list is the background (the pixels no detection covers), "
+                                f"but it is {class_list.background!r}; put one first, e.g. --classes "
+                                f"\"background, {names}\"")
+    return class_list
 
 
 def _collect_images(inputs: tuple[str, ...]) -> list[Path]:
@@ -49,15 +68,54 @@ def _collect_images(inputs: tuple[str, ...]) -> list[Path]:
     return images
 
 
+def printable(text: object) -> str:
+    """Text for the terminal: bytes of file names that are not UTF-8 shown as \\xNN, never an error."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def say(text: object, *, err: bool = False, **style) -> None:
+    click.secho(printable(text), err=err, **style)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is (like KeyboardInterrupt for SIGINT): the run stops, keeps what it
+    finished, releases its lock. A BaseException, so no image's error handling takes it for a failure."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 class _Group(click.Group):
-    """Turns the toolkit's own errors into one clear line and exit code 2, without a traceback."""
+    """Every way a command ends, as one line and an exit code: 2 for the toolkit's errors and for anything
+    unexpected (a bug; -vv shows its traceback), 130 on Ctrl-C, 143 on SIGTERM. Never a bare traceback."""
 
     def invoke(self, ctx: click.Context):
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except OfflineSegError as error:
-            click.secho(f"error: {error}", fg="red", err=True)
+            say(f"error: {error}", fg="red", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            say("interrupted (Ctrl-C): finished results are kept; run the same command again to resume",
+                fg="yellow", err=True)
+            ctx.exit(130)
+        except Terminated:
+            say("stopped (SIGTERM): finished results are kept; run the same command again to resume",
+                fg="yellow", err=True)
+            ctx.exit(143)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence: one line, exit 2, never 1
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                traceback.print_exc()
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            say(f"error: unexpected {type(error).__name__}: {first} (a bug in offline_seg: run it again with -vv "
+                "and report the traceback)", fg="red", err=True)
+            ctx.exit(2)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

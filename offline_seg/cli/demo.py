@@ -35,10 +35,15 @@ def demo(weights_dir: Path | None, out_dir: Path, device: str, verbose: int) -> 
             make_tiny_weights(weights_dir)
         click.secho("note: tiny random weights -> the masks below are meaningless; they show the flow only.",
                     fg="yellow")
+    scene = out_dir / "input" / "demo.png"  # the demo's own input, beside its outputs
+    image = demo_image()
+    if not scene.is_file():
+        scene.parent.mkdir(parents=True, exist_ok=True)
+        image.save(scene)
     _run_segment(
-        [None], preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir, device=device,
-        no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=None, labels=None, boxes="detect",
-        gt_dir=None, segmenter=None, llm=None, gpu_mem=None, captioner_quant=None, no_phrase_cache=False,
-        unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose,
-        demo_image=demo_image(),
+        [scene], check_out=False, preset="voc", classes=None, weights_dir=weights_dir, out_dir=out_dir,
+        device=device, no_caption=False, no_pre_refine=False, no_post_refine=False, num_points=None, labels=None,
+        boxes="detect", gt_dir=None, segmenter=None, llm=None, gpu_mem=None, captioner_quant=None,
+        no_phrase_cache=False, unconstrained=False, box_threshold=0.18, text_threshold=0.15, prompts_dir=None,
+        verbose=verbose,
     )

@@ -43,7 +43,10 @@ def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Pat
 
     from offline_seg.evaluation import metrics as evaluation
 
+    from offline_seg.io.runs import check_run_classes
+
     class_list = _class_list(preset, classes)
+    check_run_classes(pred_dir, class_list)  # a run made for another list is not scored as if it were this one
     report = evaluation.evaluate(
         pred_dir, gt_dir, class_list, pred_ids=pred_ids, skip_missing=skip_missing, resize=resize_pred,
         gt_suffix=gt_suffix, pred_suffix=pred_suffix,

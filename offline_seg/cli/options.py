@@ -200,3 +200,19 @@ def _echo_plan(pipeline) -> None:
         click.echo(f"  {model.stage:10} {model.text()}{'' if model.resident else ' (load per chunk)'}")
 
 
+
+
+def _check_out(out_dir: Path, pipeline, *, input_dirs=(), input_files=()) -> None:
+    """Refuse, before any model loads, an --out that is, holds or lies in what the run reads: its input
+    folders, the ground truth, the few-shot examples, the prompts, the weights and every model's files."""
+    from offline_seg.io.guards import check_out_dir
+
+    c = pipeline.config
+    models = [Path(m.path) for m in pipeline.chain.models if m.backend != "openai"]
+    if pipeline.uses_embedder:
+        models.append(Path(pipeline.model_spec("embedder").path))
+    check_out_dir(out_dir, input_files=input_files, folders={
+        "input folder": [*input_dirs, c.examples_from, c.prompts_dir],
+        "ground-truth folder": [c.ground_truth_dir],
+        "weights folder": [c.weights_dir, *models],
+    })

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from offline_seg.cli.common import _go_offline, _setup_logging, main
-from offline_seg.cli.options import _build_config, _echo_plan, _segment_options
+from offline_seg.cli.common import _go_offline, _setup_logging, main, say
+from offline_seg.cli.options import _build_config, _check_out, _echo_plan, _segment_options
 from offline_seg.errors import InvalidInputError
 
 
@@ -54,9 +54,6 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     base = _build_config(**options)
-    root, images = find_images(source, recursive=not no_recursive, names=image_list)
-    if not images:
-        raise InvalidInputError(f"no images under {source}")
     rows = list(ABLATIONS) if "all" in ablations else list(ablations)
     for row in rows:
         if row not in ABLATIONS:
@@ -64,12 +61,17 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
     if "gt-labels" in rows and base.ground_truth_dir is None:
         raise click.UsageError("the gt-labels row needs --gt DIR")
     runs = [(row, ablation_config(base, row), out_dir / row) for row in rows] or [(None, base, out_dir)]
-    click.echo(f"{len(images)} images under {root}")
+    pipelines = [Pipeline(config) for _, config, _ in runs]
+    for pipeline in pipelines:  # before any model loads or any image is listed
+        _check_out(out_dir, pipeline, input_dirs=[Path(source)])
+    root, images = find_images(source, recursive=not no_recursive, names=image_list, exclude=[out_dir])
+    if not images:
+        raise InvalidInputError(f"no images under {source}")
+    say(f"{len(images)} images under {root}")
     any_failed = False
-    for row, config, row_out in runs:
+    for (row, config, row_out), pipeline in zip(runs, pipelines):
         if row:
-            click.secho(f"== {row} -> {row_out}", bold=True)
-        pipeline = Pipeline(config)
+            say(f"== {row} -> {row_out}", bold=True)
         _echo_plan(pipeline)
         if engine == "ray":
             from offline_seg.engines.ray_engine import RayOptions, RayRunner, parse_actors
@@ -81,10 +83,10 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
             runner = BatchRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed)
         summary = runner.run(images, root=root)
         click.echo(summary.table())
-        click.echo(f"{summary.done} of {summary.images} images done -> {row_out}"
-                   + (f" ({len(summary.failed)} failed)" if summary.failed else ""))
+        say(f"{summary.done} of {summary.images} images done -> {row_out}"
+            + (f" ({len(summary.failed)} failed)" if summary.failed else ""))
         for name, reason in sorted(summary.failed.items()):
-            click.secho(f"failed: {name}: {reason}", fg="red", err=True)
+            say(f"failed: {name}: {reason}", fg="red", err=True)
         any_failed |= bool(summary.failed)
     if rows and base.ground_truth_dir is not None:
         _print_ablation_table(runs, base, skip_missing=skip_missing, gt_suffix=gt_suffix, pred_suffix=pred_suffix)

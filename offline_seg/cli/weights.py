@@ -102,8 +102,12 @@ def weights_make_tiny(directory: Path, seed: int) -> None:
     """Write tiny random models of every architecture into DIRECTORY (for tests and the demo)."""
     _go_offline()
     _setup_logging(0)
+    from offline_seg.errors import InvalidInputError
     from offline_seg.tiny import make_tiny_weights
 
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise InvalidInputError(f"{directory} is not an empty folder: tiny random models are written only into a "
+                                "new or empty one (never over real weights)")
     make_tiny_weights(directory, seed=seed)
     click.echo(f"wrote tiny weights to {directory} (random: outputs are meaningless)")
 

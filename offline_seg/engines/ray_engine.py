@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from offline_seg.engines.runner import BatchRunner, RunSummary, StageFailure, _Item
+from offline_seg.engines.runner import BatchRunner, RunItem, RunSummary
+from offline_seg.steps import StepFailure
 from offline_seg.io.inputs import output_names
 from offline_seg.engines.store import OutputLock, ResultStore
 from offline_seg.errors import InvalidInputError, OfflineSegError
@@ -148,14 +149,16 @@ def _worker_config(config: PipelineConfig, resources: StageResources) -> Pipelin
 
 
 # --- rows: one image's state as it moves through the stages ------------------------------------------
-def _encode(index: int, item: _Item, computed: Mapping[str, float], failure: tuple[str, str] | None) -> str:
-    return json.dumps({"index": index, "path": str(item.path), "name": item.name, "hash": item.image_hash,
-                       "values": item.values, "computed": dict(computed), "failure": failure})
+def _encode(index: int, item: RunItem, computed: Mapping[str, float], failure: tuple[str, str] | None) -> str:
+    return json.dumps({"index": index, "path": os.fsencode(str(item.path)).hex(), "name": item.name,
+                       "hash": item.image_hash, "owned": sorted(item.owned), "values": item.values,
+                       "computed": dict(computed), "failure": failure})
 
 
-def _decode(text: str) -> tuple[int, _Item, dict[str, float], tuple[str, str] | None]:
+def _decode(text: str) -> tuple[int, RunItem, dict[str, float], tuple[str, str] | None]:
     state = json.loads(text)
-    item = _Item(Path(state["path"]), state["name"], state["hash"], values=state["values"])
+    item = RunItem(Path(os.fsdecode(bytes.fromhex(state["path"]))), state["name"], state["hash"],
+                   values=state["values"], owned=frozenset(state["owned"]))
     failure = tuple(state["failure"]) if state["failure"] else None
     return state["index"], item, state["computed"], failure  # type: ignore[return-value]
 
@@ -178,7 +181,7 @@ def _run_batch(runner: BatchRunner, stage: str, batch: dict[str, Any], fault: st
     for index, item, computed, failure in rows:
         if index in outcome:
             value = outcome[index]
-            if isinstance(value, StageFailure):
+            if isinstance(value, StepFailure):
                 failure = (stage, value.reason)
             else:
                 item.values[stage] = value
@@ -261,7 +264,9 @@ class RayRunner:
         summary = RunSummary(images=len(images))
         local.pipeline.preflight()  # every missing weights file, before the first image
         with OutputLock(local.out_dir), ResultStore.in_dir(local.out_dir) as store:
-            items = local.open_items(store, images, output_names(images, root), summary)
+            names = output_names(images, root)
+            local.open_store(store, names)
+            items = local.open_items(store, images, names, summary)
             todo = []
             for item in items:
                 for stage in self.stages:
@@ -288,7 +293,7 @@ class RayRunner:
                         if stage in computed:
                             local.commit(stage, item, state.values[stage], computed[stage], store, summary)
                     if failure is not None:
-                        local.commit(failure[0], item, StageFailure(failure[1]), 0.0, store, summary)
+                        local.commit(failure[0], item, StepFailure(failure[1]), 0.0, store, summary)
                     local.finish([item], store, summary)
                     bar.update()
             if pending:
@@ -297,7 +302,7 @@ class RayRunner:
                                       "run again to compute them")
         return summary
 
-    def _stream(self, todo: Sequence[_Item]) -> Iterator[tuple[int, _Item, dict[str, float], tuple[str, str] | None]]:
+    def _stream(self, todo: Sequence[RunItem]) -> Iterator[tuple[int, RunItem, dict[str, float], tuple[str, str] | None]]:
         """The Ray Data chain over `todo`; rows come back as each finishes its last stage."""
         ray = _import_ray()
         context = ray.data.DataContext.get_current()

@@ -15,6 +15,7 @@ import shutil
 import zipfile
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -23,7 +24,7 @@ from PIL import Image
 from offline_seg.classes import voc_palette
 from offline_seg.errors import InvalidInputError
 from offline_seg.io.outputs import class_map_image, encode_rle
-from offline_seg.io.runs import Run, RunImage
+from offline_seg.io.runs import Run
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(-1, 3)
 LABEL_STUDIO_FROM = "label"
 LABEL_STUDIO_TO = "image"
 LABEL_STUDIO_URL = "/data/local-files/?d={path}"
+EXPORT_MARKER = ".offline_seg_export.json"  # in a folder export: the files it wrote (a re-export may replace them)
+ZIP_COMMENT = b"offline_seg export"
 
 
 def _version() -> str:
@@ -70,6 +73,55 @@ def export_coco(run: Run, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data) + "\n", encoding="utf-8")
     return out
+
+
+def written_by_export(out: Path, fmt: str) -> bool:
+    """Whether `out` is an earlier export of ours (which a new export may replace): a COCO file whose info
+    names offline_seg, a CVAT zip with our comment, a folder whose every file our marker lists."""
+    out = Path(out)
+    try:
+        if fmt == "coco" and out.is_file():
+            info = json.loads(out.read_text(encoding="utf-8")).get("info", {})
+            return str(info.get("version", "")).startswith("offline_seg")
+        if fmt == "cvat" and out.is_file():
+            with zipfile.ZipFile(out) as archive:
+                return archive.comment == ZIP_COMMENT
+        if out.is_dir():
+            listed = set(json.loads((out / EXPORT_MARKER).read_text(encoding="utf-8"))["files"])
+            present = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or p.is_symlink()}
+            return present - {EXPORT_MARKER} <= listed
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+        return False
+    return False
+
+
+def mark_export(out: Path) -> None:
+    """Record the files of a folder export, so that exporting again into it is allowed."""
+    files = sorted(str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file() and p.name != EXPORT_MARKER)
+    (Path(out) / EXPORT_MARKER).write_text(json.dumps({"tool": _version(), "files": files}) + "\n", encoding="utf-8")
+
+
+def image_as_shown(source: Path, target: Path, jpeg: bool = False) -> None:
+    """The input image as the masks see it: with its EXIF orientation applied (a rotated JPEG is re-encoded
+    upright, its tag dropped); else a plain copy (`jpeg`: always JPEG). A file that is not an image is an
+    error, never copied."""
+    from PIL import ImageOps, UnidentifiedImageError
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with Image.open(source) as pixels:
+            rotated = pixels.getexif().get(0x0112, 1) not in (0, 1)
+            same_format = not jpeg or pixels.format == "JPEG"
+            if same_format and not rotated:
+                shutil.copyfile(source, target)
+                return
+            upright = ImageOps.exif_transpose(pixels)
+            fmt = "JPEG" if jpeg else pixels.format
+            if fmt == "JPEG":
+                upright = upright.convert("RGB")
+            upright.save(target, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidInputError(f"cannot export {source}: not a readable image ({error})") from None
 
 
 # --- Label Studio -------------------------------------------------------------------------------
@@ -125,12 +177,13 @@ def export_labelstudio(run: Run, out: Path, image_url: str = LABEL_STUDIO_URL) -
                           "brushlabels": [instance.label]},
             })
         tasks.append({
-            "data": {LABEL_STUDIO_TO: image_url.format(path=source.lstrip("/"), file=image.file_name),
+            "data": {LABEL_STUDIO_TO: image_url.format(path=quote(source.lstrip("/")), file=quote(image.file_name)),
                      "name": image.name},
             "predictions": [{"model_version": version, "score": round(image.score, 4), "result": results}],
         })
     (out / "tasks.json").write_text(json.dumps(tasks) + "\n", encoding="utf-8")
     (out / "labeling_config.xml").write_text(labelstudio_config(run), encoding="utf-8")
+    mark_export(out)
     return out
 
 
@@ -145,9 +198,20 @@ def _colour_png(index_map: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def labelmap_name(name: str) -> str:
+    """A class name as a `labelmap.txt` line can hold it: `:` separates its fields and a leading `#` makes a
+    comment, so those become `-` (and `_`); name the tool's labels the same way (`export` prints them)."""
+    cleaned = " ".join(name.replace(":", " -").split())
+    return "_" + cleaned[1:] if cleaned.startswith("#") else cleaned
+
+
 def _labelmap(run: Run, colour_of: Callable[[int], tuple[int, int, int]]) -> str:
+    names = [labelmap_name(name) for name in run.classes.names]
+    if len(set(names)) != len(names):
+        raise InvalidInputError("two class names become the same label in labelmap.txt (':' and '#' are "
+                                f"replaced there): {names}")
     lines = ["# label:color_rgb:parts:actions"]
-    lines += [f"{name}:{','.join(map(str, colour_of(i)))}::" for i, name in enumerate(run.classes.names)]
+    lines += [f"{name}:{','.join(map(str, colour_of(i)))}::" for i, name in enumerate(names)]
     return "\n".join(lines) + "\n"
 
 
@@ -158,6 +222,7 @@ def export_cvat(run: Run, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.comment = ZIP_COMMENT
         archive.writestr("labelmap.txt", _labelmap(run, _colour))
         archive.writestr("ImageSets/Segmentation/default.txt", "".join(f"{i.name}\n" for i in run.images))
         for image in run.images:
@@ -167,16 +232,6 @@ def export_cvat(run: Run, out: Path) -> Path:
 
 
 # --- PASCAL VOC ---------------------------------------------------------------------------------
-def _write_jpeg(image: RunImage, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert image.source is not None
-    if image.source.suffix.lower() in (".jpg", ".jpeg"):
-        shutil.copyfile(image.source, path)
-    else:
-        with Image.open(image.source) as pixels:
-            pixels.convert("RGB").save(path, quality=95)
-
-
 def export_voc(run: Run, out: Path) -> Path:
     """The VOC layout: JPEGImages, SegmentationClass (palette PNGs of dataset ids, so `offline-seg eval
     --gt OUT/SegmentationClass` reads them with the same preset), SegmentationObject (palette PNGs of
@@ -187,7 +242,8 @@ def export_voc(run: Run, out: Path) -> Path:
     if ids.max() > 255:
         raise InvalidInputError("dataset ids above 255 do not fit VOC's palette PNGs")
     for image in run.images:
-        _write_jpeg(image, out / "JPEGImages" / f"{image.name}.jpg")
+        assert image.source is not None
+        image_as_shown(image.source, out / "JPEGImages" / f"{image.name}.jpg", jpeg=True)
         for folder, index_map in (("SegmentationClass", ids[image.class_map()]), ("SegmentationObject", image.object_map())):
             path = out / folder / f"{image.name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +252,7 @@ def export_voc(run: Run, out: Path) -> Path:
     sets.mkdir(parents=True, exist_ok=True)
     (sets / "default.txt").write_text("".join(f"{i.name}\n" for i in run.images), encoding="utf-8")
     (out / "labelmap.txt").write_text(_labelmap(run, lambda i: _colour(int(ids[i]))), encoding="utf-8")
+    mark_export(out)
     return out
 
 
@@ -232,9 +289,7 @@ def export_yolo(run: Run, out: Path) -> Path:
     out = Path(out)
     for image in run.images:
         assert image.source is not None
-        target = out / "images" / image.file_name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(image.source, target)
+        image_as_shown(image.source, out / "images" / image.file_name)
         lines = []
         for instance in image.instances:
             for polygon in mask_polygons(instance.mask):
@@ -246,6 +301,7 @@ def export_yolo(run: Run, out: Path) -> Path:
     names = {i - 1: name for i, name in enumerate(run.classes.names) if i > 0}
     data = {"path": str(out.resolve()), "train": "images", "val": "images", "names": names}
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    mark_export(out)
     return out
 
 

@@ -4,30 +4,25 @@ boxes and a legend to look at, and a JSON record with instance masks as COCO RLE
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from pycocotools import mask as mask_utils
 
 from offline_seg.classes import voc_palette
+from offline_seg.errors import InvalidInputError
 from offline_seg.types import SegmentationResult
 
 _PALETTE = voc_palette()
 
 
-@dataclass(frozen=True)
-class OutputPaths:
-    mask: Path
-    overlay: Path
-    record: Path
-
-
 def class_map_image(class_map: np.ndarray) -> Image.Image:
     """Class indices as a palette ('P') PNG: pixel value = class index, colours = VOC colour map."""
-    if class_map.max(initial=0) > 255:
-        raise ValueError("more than 256 classes do not fit a palette PNG")
+    if class_map.max(initial=0) >= MAX_CLASSES:
+        raise InvalidInputError(f"more than {MAX_CLASSES} classes do not fit a palette PNG")
     image = Image.fromarray(class_map.astype(np.uint8), mode="P")
     image.putpalette(_PALETTE)
     return image
@@ -122,19 +117,109 @@ def result_record(result: SegmentationResult, image_name: str, settings: dict[st
     }
 
 
+OUTPUT_SUFFIXES = {"mask": ".png", "overlay": "_overlay.png", "record": ".json"}
+MAX_CLASSES = 256  # an 8-bit palette PNG holds class indices 0..255
+
+
+class UnsafeOutputError(InvalidInputError):
+    """A name that would place an output outside the output dir, or over a file the run did not write."""
+
+
+def output_path(out_dir: Path, name: str, kind: str = "mask") -> Path:
+    """The one place a name becomes an output path: `OUT/<name><suffix of kind>`. The name must be a safe
+    output name (`offline_seg.io.inputs.safe_name`: relative, no `..`, no control characters, short parts),
+    and the path, with every symlink of its folders followed, must stay inside `out_dir`."""
+    from offline_seg.io.inputs import safe_name
+
+    if not name or safe_name(name) != name:
+        raise UnsafeOutputError(f"unsafe output name {name!r}: outputs stay inside --out under safe names")
+    path = Path(out_dir) / f"{name}{OUTPUT_SUFFIXES[kind]}"
+    root = os.path.realpath(out_dir)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise UnsafeOutputError(f"{path} would leave the output folder {out_dir} (a symlinked folder?)")
+    return path
+
+
+MARK = "offline_seg_output"  # in every output file (PNG text chunk, record key): the output name it was written as
+
+
+def written_for(path: Path, name: str) -> bool:
+    """Whether the file at `path` says it was written by offline_seg as output `name` (a regular file only)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8")).get(MARK) == name
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(MARK) == name
+    except (OSError, ValueError, AttributeError, SyntaxError):
+        return False
+
+
+def file_identity(path: Path) -> dict[str, object]:
+    """Size and sha256 of a written file: what a later run checks before it calls the file done."""
+    from offline_seg.weights import sha256_file
+
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def holds(out_dir: Path, entry: dict[str, object]) -> bool:
+    """Whether the file a write record lists is on disk as it was written (same size, same sha256)."""
+    from offline_seg.io.inputs import safe_relative
+
+    relative = safe_relative(str(entry.get("path", "")))
+    if relative is None or entry.get("sha256") is None:
+        return False
+    path = Path(out_dir) / relative
+    try:
+        return path.is_file() and not path.is_symlink() and file_identity(path) == {
+            "size": entry["size"], "sha256": entry["sha256"]}
+    except OSError:
+        return False
+
+
 def save_result(
     result: SegmentationResult,
     image: Image.Image,
     out_dir: Path,
-    stem: str,
+    name: str,
     settings: dict[str, object] | None = None,
-) -> OutputPaths:
-    """Write `<stem>.png`, `<stem>_overlay.png` and `<stem>.json` into `out_dir`."""
+    owned: set[str] | frozenset[str] = frozenset(),
+    input_sha256: str | None = None,
+) -> dict[str, dict[str, object]]:
+    """Write `<name>.png`, `<name>_overlay.png` and `<name>.json` under `out_dir` and return each file's
+    path (relative to `out_dir`), size and sha256.
+
+    An existing file is replaced only when `owned` (the paths an earlier run recorded writing for this
+    input) lists it or the file itself says it was written by offline_seg under this name (a run stopped
+    between writing the files and recording them): nothing else is ever written over. Each file is written
+    beside its place and renamed into it, so a crash never leaves a half-written output under its name."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = OutputPaths(out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.png", out_dir / f"{stem}.json")
-    class_map_image(result.class_map).save(paths.mask)
-    render_overlay(image, result).save(paths.overlay)
-    record = result_record(result, image_name=stem, settings=settings)
-    paths.record.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return paths
+    paths = {kind: output_path(out_dir, name, kind) for kind in OUTPUT_SUFFIXES}
+    for path in paths.values():
+        relative = str(path.relative_to(out_dir))
+        if (path.exists() or path.is_symlink()) and relative not in owned and not written_for(path, name):
+            raise UnsafeOutputError(f"{path} exists and was not written by offline_seg for this input; move it "
+                                    "away or choose another --out")
+    paths["mask"].parent.mkdir(parents=True, exist_ok=True)
+    record = result_record(result, image_name=Path(name).name, settings=settings)
+    record[MARK] = name
+    if input_sha256 is not None:
+        record["input_sha256"] = input_sha256
+    mark = PngInfo()
+    mark.add_text(MARK, name)
+    writers = {
+        "mask": lambda target: class_map_image(result.class_map).save(target, format="PNG", pnginfo=mark),
+        "overlay": lambda target: render_overlay(image, result).save(target, format="PNG", pnginfo=mark),
+        "record": lambda target: target.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"),
+    }
+    files = {}
+    for kind, path in paths.items():
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:
+            writers[kind](partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        files[kind] = {"path": str(path.relative_to(out_dir)), **file_identity(path)}
+    return files

@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from offline_seg.classes import PRESETS, ClassList
-from offline_seg.engines.store import STORE_NAME, ResultStore
+from offline_seg.engines.store import STORE_NAME, ImageRecord, ResultStore
 from offline_seg.errors import InvalidInputError
 from offline_seg.io.images import IMAGE_SUFFIXES
+from offline_seg.io.inputs import safe_relative
 from offline_seg.io.outputs import decode_rle
 from offline_seg.stages.composer import instance_map
 from offline_seg.types import InstanceMasks
+from offline_seg.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,8 @@ def _is_record(data: object) -> bool:
 
 
 def _find_source(name: str, recorded: str | None, images_dir: Path | None) -> Path | None:
+    """The input image: where the store says it was (checked against its hash by the caller), else by name
+    in `images_dir`."""
     if recorded and Path(recorded).is_file():
         return Path(recorded)
     if images_dir is not None:
@@ -137,6 +141,18 @@ def _find_source(name: str, recorded: str | None, images_dir: Path | None) -> Pa
                 if candidate.is_file():
                     return candidate
     return None
+
+
+def check_run_classes(run_dir: Path, classes: ClassList) -> None:
+    """Stop when the predictions in `run_dir` were made for another class list than the one to score with."""
+    if not (Path(run_dir) / STORE_NAME).is_file():
+        return
+    with ResultStore.in_dir(run_dir, create=False) as store:
+        held = store.class_list()
+    if held is not None and (tuple(held[0]) != classes.names or tuple(held[1]) != classes.ids):
+        raise InvalidInputError(f"the predictions in {run_dir} were made for another class list ({len(held[0])} "
+                                f"classes: {', '.join(held[0][:4])}, ...) than --preset/--classes "
+                                f"({len(classes)} classes: {', '.join(classes.names[:4])}, ...)")
 
 
 def class_list_of(record: dict[str, Any]) -> ClassList:
@@ -153,27 +169,29 @@ def class_list_of(record: dict[str, Any]) -> ClassList:
 
 def read_run(run_dir: Path, images_dir: Path | None = None) -> Run:
     """The run in `run_dir` (made by `run` or `segment`). With its SQLite store the images, their sources
-    and the failures come from it; without one every `<name>.json` record under the dir is taken and the
-    images are looked up in `images_dir` by name."""
+    and the failures come from it, and only what still holds is read: an image is taken when the run
+    finished it, its files are on disk as written, and its input still has the bytes it was segmented from;
+    every other one is listed in `failures` by name with the reason (pending, failed, changed, gone). Names
+    and paths read from the store are checked as outputs are: none may lead outside `run_dir`. Without a
+    store every `<name>.json` record under the dir is taken and images are looked up in `images_dir`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InvalidInputError(f"run directory not found: {run_dir}")
     images_dir = Path(images_dir) if images_dir else None
     failures: dict[str, str] = {}
-    entries: list[tuple[str, Path, str | None]] = []  # name, record path, recorded source
+    entries: list[tuple[str, Path, Path | None]] = []  # name, record path, its source when verified
     if (run_dir / STORE_NAME).is_file():
-        with ResultStore.in_dir(run_dir) as store:
+        with ResultStore.in_dir(run_dir, create=False) as store:
             for image in store.images():
-                record_path = run_dir / f"{image.name}.json"
-                if image.status == "failed":
-                    failures[image.name] = image.reason or "failed"
-                elif image.status == "done" and record_path.is_file():
-                    entries.append((image.name, record_path, image.source))
-                elif image.status == "done":
-                    failures[image.name] = f"its record {record_path.name} is missing (run the command again)"
+                reason, entry = _check_stored(run_dir, store, image, images_dir)
+                if reason:
+                    failures[image.name if safe_relative(image.name) else repr(image.name)] = reason
+                else:
+                    entries.append(entry)
     else:
         for record_path in sorted(run_dir.rglob("*.json")):
-            entries.append((str(record_path.relative_to(run_dir).with_suffix("")), record_path, None))
+            name = str(record_path.relative_to(run_dir).with_suffix(""))
+            entries.append((name, record_path, _find_source(name, None, images_dir)))
     images: list[RunImage] = []
     for name, record_path, source in entries:
         try:
@@ -183,12 +201,43 @@ def read_run(run_dir: Path, images_dir: Path | None = None) -> Run:
             continue
         if not _is_record(record):
             continue  # some other JSON (e.g. eval/summary.json)
-        images.append(RunImage(name, record, record_path, _find_source(name, source, images_dir)))
+        images.append(RunImage(name, record, record_path, source))
     if not images:
-        raise InvalidInputError(f"no segmentation records (<name>.json) in {run_dir}")
+        detail = f" ({len(failures)} listed but not usable, e.g. {next(iter(failures.items()))})" if failures else ""
+        raise InvalidInputError(f"no segmentation records (<name>.json) to read in {run_dir}{detail}")
     classes = class_list_of(images[0].record)
     for image in images[1:]:
         if tuple(image.record["classes"]) != classes.names:
             raise InvalidInputError(f"{image.name} was segmented with another class list than {images[0].name}")
     images.sort(key=lambda image: image.name)
     return Run(run_dir, images, classes, dict(images[0].record.get("settings") or {}), failures)
+
+
+def _check_stored(run_dir: Path, store: ResultStore, image: ImageRecord,
+                  images_dir: Path | None) -> tuple[str | None, tuple[str, Path, Path | None]]:
+    """(why the image cannot be taken, or None; its name, record path and verified source)."""
+    from offline_seg.io.outputs import holds, output_path
+
+    none = (image.name, run_dir, None)
+    if safe_relative(image.name) is None:
+        return "the store lists an unsafe output name (not read)", none
+    if image.status == "failed":
+        return image.reason or "failed", none
+    if image.status == "gone":
+        return image.reason or "its input is no longer there", none
+    if image.status != "done":
+        return f"not finished by the run ({image.status}): run the command again", none
+    written = store.get_write(image.name)
+    if written is None or not all(holds(run_dir, entry) for entry in written.files.values()):
+        return "its output files changed or went missing since the run: run the command again", none
+    record_path = output_path(run_dir, image.name, "record")
+    source = _find_source(image.name, image.source, images_dir)
+    if source is None:
+        return f"its input {image.source} is no longer there (if it moved, give its folder with --images)", none
+    if image.image_hash is not None:
+        try:
+            if sha256_file(source) != image.image_hash:
+                return f"its input {source} changed since the run: run the command again", none
+        except OSError as error:
+            return f"its input {source} cannot be read: {error.strerror or error}", none
+    return None, (image.name, record_path, source)

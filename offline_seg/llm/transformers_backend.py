@@ -56,7 +56,8 @@ class TransformersLLM:
         """What a persistent answer cache is keyed by: the model file(s) and the loading options."""
         from offline_seg.weights import model_identity
 
-        return f"transformers:{model_identity(self.model_path)}:{self.quantization or ''}"
+        dtype = str(self.dtype).removeprefix("torch.") if self.dtype is not None else "default"
+        return f"transformers:{model_identity(self.model_path)}:{self.quantization or ''}:{dtype}"
 
     # --- loading ------------------------------------------------------------------------------
     def _locate(self) -> tuple[Path, dict[str, str]]:
@@ -77,22 +78,26 @@ class TransformersLLM:
             return
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from offline_seg.models.loading import loading
+
         directory, extra = self._locate()
         logger.info("loading LLM from %s %s", directory, extra or "")
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
         bits = bitsandbytes_config(self.quantization, self.dtype)
-        if bits is not None:
-            extra = {**extra, "quantization_config": bits, "device_map": self.device}
-        try:
-            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=self.dtype, **extra)
-        except ImportError as error:  # e.g. an AWQ/GPTQ checkpoint without its kernel package
-            raise OfflineSegError(
-                f"cannot load the LLM in {directory} with transformers: {error}. A pre-quantized AWQ/GPTQ "
-                f"checkpoint (the default `llm`) is served by vLLM as it is: --llm vllm:{directory}; or pull "
-                "`llm_bf16` and use --llm WEIGHTS/llm_bf16 (bitsandbytes 4-bit in flight)") from error
-        if bits is None:
-            model.to(self.device)
-        model.eval()
+        with loading("llm", self.model_path):
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
+            if bits is not None:
+                extra = {**extra, "quantization_config": bits, "device_map": self.device}
+            try:
+                model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=self.dtype,
+                                                             **extra)
+            except ImportError as error:  # e.g. an AWQ/GPTQ checkpoint without its kernel package
+                raise OfflineSegError(
+                    f"cannot load the LLM in {directory} with transformers: {error}. A pre-quantized AWQ/GPTQ "
+                    f"checkpoint (the default `llm`) is served by vLLM as it is: --llm vllm:{directory}; or pull "
+                    "`llm_bf16` and use --llm WEIGHTS/llm_bf16 (bitsandbytes 4-bit in flight)") from error
+            if bits is None:
+                model.to(self.device)
+            model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -57,7 +57,8 @@ class VllmLLM:
     def identity(self) -> str:
         from offline_seg.weights import model_identity
 
-        return f"vllm:{model_identity(self.model_path)}:{self.engine_args['quantization'] or ''}"
+        return (f"vllm:{model_identity(self.model_path)}:{self.engine_args['quantization'] or ''}:"
+                f"{self.engine_args.get('dtype', 'auto')}")
 
     def _load(self):
         if self._engine is None:

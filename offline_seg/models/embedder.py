@@ -51,12 +51,15 @@ class SentenceEmbedder:
                 raise MissingWeightsError(self.model_dir / name, component="embedder")
         from transformers import AutoModel, AutoTokenizer
 
-        self._pooling = _pooling_mode(self.model_dir)
-        logger.info("loading sentence embedder from %s (%s pooling)", self.model_dir, self._pooling)
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
-        model.to(self.device)
-        model.eval()
+        from offline_seg.models.loading import loading
+
+        with loading("embedder", self.model_dir):
+            self._pooling = _pooling_mode(self.model_dir)
+            logger.info("loading sentence embedder from %s (%s pooling)", self.model_dir, self._pooling)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+            model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+            model.to(self.device)
+            model.eval()
         self._model = model
 
     @property

@@ -36,15 +36,18 @@ def load_local_pretrained(
 ) -> tuple[Any, Any]:
     """(processor, model in eval mode on `device`) from a local dir; `local_files_only`, never the hub.
     `quantization` int8/int4 loads the Linear weights with bitsandbytes."""
+    from offline_seg.models.loading import loading
+
     directory = check_model_dir(model_dir, component, required)
     logger.info("loading %s from %s (%s, %s)", model_class.__name__, directory, dtype, quantization or "no quantization")
-    processor = processor_class.from_pretrained(directory, local_files_only=True)
     bits = bitsandbytes_config(quantization, dtype)
-    extra: dict[str, Any] = {} if bits is None else {"quantization_config": bits, "device_map": device}
-    model = model_class.from_pretrained(directory, local_files_only=True, dtype=dtype, **extra)
-    if bits is None:
-        model.to(device)
-    model.eval()
+    with loading(component, directory):
+        processor = processor_class.from_pretrained(directory, local_files_only=True)
+        extra: dict[str, Any] = {} if bits is None else {"quantization_config": bits, "device_map": device}
+        model = model_class.from_pretrained(directory, local_files_only=True, dtype=dtype, **extra)
+        if bits is None:
+            model.to(device)
+        model.eval()
     return processor, model
 
 

@@ -67,8 +67,13 @@ class OnnxSam:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self.threads or os.cpu_count() or 1
             options.log_severity_level = 3
-            self._encoder = onnxruntime.InferenceSession(str(encoder_path), options, providers=self.providers)
-            self._decoder = onnxruntime.InferenceSession(str(decoder_path), options, providers=self.providers)
+            from offline_seg.models.loading import loading
+
+            sessions = []
+            for path in (encoder_path, decoder_path):  # both or neither: a half-loaded pair is never kept
+                with loading("sam_onnx", path):
+                    sessions.append(onnxruntime.InferenceSession(str(path), options, providers=self.providers))
+            self._encoder, self._decoder = sessions
             logger.info("loaded ONNX SAM from %s (%s, %s)", self.model_dir, encoder_path.name, decoder_path.name)
         return self._encoder, self._decoder
 

@@ -113,11 +113,14 @@ class Sam3Detector:
 
             directory = check_model_dir(self.model_dir, COMPONENT, REQUIRED_FILES)
             logger.info("loading Sam3Model from %s", directory)
+            from offline_seg.models.loading import loading
+
             kwargs = {"dtype": self.dtype} if self.dtype is not None else {}
-            model = Sam3Model.from_pretrained(directory, local_files_only=True, **kwargs)
-            self._tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-            self._images = _image_processor(directory, int(model.config.vision_config.backbone_config.image_size))
-            self._model = model.to(self.device).eval()
+            with loading(COMPONENT, directory):
+                model = Sam3Model.from_pretrained(directory, local_files_only=True, **kwargs)
+                self._tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+                self._images = _image_processor(directory, int(model.config.vision_config.backbone_config.image_size))
+                self._model = model.to(self.device).eval()
         return self._model
 
     def clear_text_cache(self) -> None:

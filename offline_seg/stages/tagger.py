@@ -128,7 +128,10 @@ class RamPlusTagger:
         dtype = self.dtype
         if dtype is None:  # half precision only where it is fast and safe
             dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
-        model = load_ram_plus(checkpoint, device=self.device, dtype=dtype)
+        from offline_seg.models.loading import loading
+
+        with loading("ram_plus", checkpoint):
+            model = load_ram_plus(checkpoint, device=self.device, dtype=dtype)
         if len(tags) != model.config.num_tags:
             raise OfflineSegError(
                 f"{tag_file} lists {len(tags)} tags but {checkpoint.name} has {model.config.num_tags}"
