@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.classes import ClassList
-from offline_seg.evaluation.metrics import ConfusionMatrix
+from offline_seg.evaluation.confusion import ConfusionMatrix
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, loosen_boxes
 from offline_seg.io.images import IMAGE_SUFFIXES
 from offline_seg.stages.composer import compose

@@ -1,4 +1,4 @@
-"""`offline_seg.evaluation.metrics` and `offline-seg eval`: exact numbers on tiny hand-computed fixtures."""
+"""`offline_seg.evaluation` (confusion, scoring, writers, worst) and `offline-seg eval`: exact numbers on tiny hand-computed fixtures."""
 
 from __future__ import annotations
 
@@ -14,14 +14,10 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.cli import main
-from offline_seg.evaluation.metrics import (
-    ConfusionMatrix,
-    evaluate,
-    plot_per_class,
-    worst_images,
-    write_csv,
-    write_markdown,
-)
+from offline_seg.evaluation.confusion import ConfusionMatrix
+from offline_seg.evaluation.scoring import evaluate
+from offline_seg.evaluation.worst import worst_images
+from offline_seg.evaluation.writers import plot_per_class, write_csv, write_markdown
 from offline_seg.io.outputs import class_map_image
 
 V = 255  # void

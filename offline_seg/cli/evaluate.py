@@ -41,23 +41,24 @@ def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Pat
     _setup_logging(verbose)
     from tqdm import tqdm
 
-    from offline_seg.evaluation import metrics as evaluation
+    from offline_seg.evaluation import writers, worst
+    from offline_seg.evaluation.scoring import evaluate
 
     class_list = _class_list(preset, classes)
-    report = evaluation.evaluate(
+    report = evaluate(
         pred_dir, gt_dir, class_list, pred_ids=pred_ids, skip_missing=skip_missing, resize=resize_pred,
         gt_suffix=gt_suffix, pred_suffix=pred_suffix,
         progress=lambda keys: tqdm(keys, desc="eval", unit="img", disable=len(keys) < 2),
     )
     out_dir = out_dir or pred_dir / "eval"
-    evaluation.write_csv(report, out_dir / "per_class.csv")
-    evaluation.write_markdown(report, out_dir / "per_class.md")
-    evaluation.write_summary(report, out_dir / "summary.json")
-    evaluation.plot_per_class(report, out_dir / "per_class.png")
-    worst = evaluation.worst_images(report, out_dir / "worst", num_worst, images_dir, pred_suffix=pred_suffix)
-    click.echo(evaluation.format_table(report))
-    click.secho(evaluation.summary_line(report), bold=True)
-    click.echo(f"report: {out_dir} ({len(worst)} worst-image panels)")
+    writers.write_csv(report, out_dir / "per_class.csv")
+    writers.write_markdown(report, out_dir / "per_class.md")
+    writers.write_summary(report, out_dir / "summary.json")
+    writers.plot_per_class(report, out_dir / "per_class.png")
+    panels = worst.worst_images(report, out_dir / "worst", num_worst, images_dir, pred_suffix=pred_suffix)
+    click.echo(writers.format_table(report))
+    click.secho(writers.summary_line(report), bold=True)
+    click.echo(f"report: {out_dir} ({len(panels)} worst-image panels)")
     policy = "excluded" if skip_missing else "scored as all-background"
     for name in report.missing:
         click.secho(f"missing prediction: {name} ({policy})", fg="red", err=True)

@@ -95,13 +95,13 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
 def _print_ablation_table(runs, base, **eval_options) -> None:
     """Score each row's output against --gt with `eval`'s own code and options (`evaluate`) and print it
     beside the paper's Table 3."""
-    from offline_seg.evaluation import metrics as evaluation
     from offline_seg.evaluation.ablations import PAPER_MIOU, paper_row_name
+    from offline_seg.evaluation.scoring import evaluate
 
     paper = PAPER_MIOU.get(base.classes.name, {})
     click.echo(f"\n| row | paper row | mIoU % (ours) | paper mIoU % ({base.classes.name}, GPT-4) |\n|---|---|---:|---:|")
     for row, config, row_out in runs:
-        report = evaluation.evaluate(row_out, base.ground_truth_dir, config.classes, **eval_options)
+        report = evaluate(row_out, base.ground_truth_dir, config.classes, **eval_options)
         theirs = f"{paper[row]:.2f}" if row in paper else "n/a"
         note = f" ({len(report.missing)} missing, {len(report.failed)} failed)" if not report.ok else ""
         click.echo(f"| {row} | {paper_row_name(row)} | {100 * report.miou:.2f}{note} | {theirs} |")

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.classes import voc_palette
-from offline_seg.evaluation.metrics import EvalReport, evaluate
+from offline_seg.evaluation.results import EvalReport
+from offline_seg.evaluation.scoring import evaluate
 from offline_seg.io.runs import Run, RunImage
 
 logger = logging.getLogger(__name__)
