@@ -45,7 +45,7 @@ class Row:
 def score(segmenter: TwoPassSegmenter, samples: list[tuple[Image.Image, np.ndarray, Any]], classes: ClassList
           ) -> tuple[float, float]:
     """Dataset mIoU % of the segmenter on (image, class map, detections) samples, and seconds per image."""
-    dataset = ConfusionMatrix(len(classes), classes.ignore_index)
+    dataset = ConfusionMatrix.of(classes)
     start = time.perf_counter()
     for image, class_map, detections in samples:
         instances = segmenter.segment(image, detections)

@@ -101,7 +101,7 @@ def _oracle_miou(segmenter_dir, voc_mini, backend, **settings) -> float:
                             ground_truth_dir=voc_mini / "SegmentationClass", **settings)
     pipeline = Pipeline(config)
     pipeline.segmenter.backend = backend
-    confusion = ConfusionMatrix(len(VOC), VOC.ignore_index)
+    confusion = ConfusionMatrix.of(VOC)
     for path in sorted((voc_mini / "JPEGImages").glob("*.png")):
         result = pipeline.segment(path)
         confusion.update(pipeline.ground_truth_for(load_image(path), path.stem), result.class_map)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from offline_seg.classes import PRESETS
-from offline_seg.cli.common import _class_list, _setup_logging, main
+from offline_seg.cli.common import _class_list, _scoring_options, _setup_logging, main
 
 
 @main.command("eval")
@@ -22,18 +22,16 @@ from offline_seg.cli.common import _class_list, _setup_logging, main
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
               help="RGB images, to show next to the worst predictions.")
 @click.option("--pred-ids", is_flag=True, help="Predictions hold dataset ids like the ground truth, not class indices.")
-@click.option("--skip-missing", is_flag=True,
-              help="Leave missing/unusable predictions out of the score (default: score them as all-background).")
+@_scoring_options
 @click.option("--resize-pred", is_flag=True, help="Scale predictions of another size to the ground truth (nearest).")
-@click.option("--gt-suffix", default="", help='Ground-truth name ending to strip, e.g. "_gtFine_labelIds".')
-@click.option("--pred-suffix", default="", help='Prediction name ending to strip, e.g. "_leftImg8bit".')
 @click.option("--worst", "num_worst", type=click.IntRange(min=0), default=10, show_default=True,
               help="Side-by-side panels for this many lowest-mIoU images.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
 def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Path | None, images_dir: Path | None,
-                     pred_ids: bool, skip_missing: bool, resize_pred: bool, gt_suffix: str, pred_suffix: str,
-                     num_worst: int, verbose: int) -> None:
-    """mIoU of PRED against GT from one dataset-wide confusion matrix (ignore label excluded).
+                     pred_ids: bool, protocol: str, skip_missing: bool, gt_suffix: str, pred_suffix: str,
+                     resize_pred: bool, num_worst: int, verbose: int) -> None:
+    """mIoU of PRED against GT from one dataset-wide confusion matrix (ignore label excluded), under
+    --protocol (printed with the number and written to summary.json).
 
     Writes per_class.csv, per_class.md, per_class.png, summary.json and worst/*.png. Exit code 1 when
     any prediction was missing or unusable (they are listed by name; see --skip-missing).
@@ -47,7 +45,7 @@ def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Pat
     class_list = _class_list(preset, classes)
     report = evaluate(
         pred_dir, gt_dir, class_list, pred_ids=pred_ids, skip_missing=skip_missing, resize=resize_pred,
-        gt_suffix=gt_suffix, pred_suffix=pred_suffix,
+        gt_suffix=gt_suffix, pred_suffix=pred_suffix, protocol=protocol,
         progress=lambda keys: tqdm(keys, desc="eval", unit="img", disable=len(keys) < 2),
     )
     out_dir = out_dir or pred_dir / "eval"

@@ -38,6 +38,7 @@ class EvalReport:
     extra: list[str] = field(default_factory=list)  # predictions with no ground truth (not scored)
     pred_ids: bool = False
     skip_missing: bool = False
+    protocol: str = "paper"  # a key of classes.PROTOCOLS; `classes` is already the list as it scores it
 
     @property
     def iou(self) -> np.ndarray:
@@ -64,19 +65,33 @@ class EvalReport:
         return sum(s.scored for s in self.images)
 
     @property
+    def not_scored(self) -> list[str]:
+        """The classes the protocol leaves out of the mean (the background of the long lists)."""
+        return [self.classes.names[index] for index in self.classes.not_scored]
+
+    @property
+    def protocol_note(self) -> str:
+        """Which protocol a number used and what it left out, for every place that shows one."""
+        left_out = self.not_scored
+        return f"{self.protocol} protocol" + (f", {', '.join(left_out)} not scored" if left_out else "")
+
+    @property
     def ok(self) -> bool:
         """True when every ground-truth image had a usable prediction."""
         return not self.missing and not self.failed
 
     def rows(self) -> list[dict[str, object]]:
-        """One row per class: index, name, dataset id, IoU % (None if absent), pixel counts."""
+        """One row per class: index, name, dataset id, whether it is scored, IoU % (None if absent or not
+        scored), pixel counts."""
         iou = self.iou
         matrix = self.confusion.matrix
+        scored = set(self.classes.scored)
         return [
             {
                 "index": index,
                 "class": name,
                 "dataset_id": self.classes.ids[index],
+                "scored": index in scored,
                 "iou_percent": None if np.isnan(iou[index]) else round(100 * float(iou[index]), 2),
                 "gt_pixels": int(matrix[index].sum()),
                 "pred_pixels": int(matrix[:, index].sum()),
@@ -89,6 +104,9 @@ class EvalReport:
         return {
             "classes": self.classes.name,
             "num_classes": len(self.classes),
+            "protocol": self.protocol,
+            "scored_classes": len(self.classes.scored),
+            "not_scored": self.not_scored,
             "miou_percent": _percent(self.miou),
             "pixel_accuracy_percent": _percent(self.pixel_accuracy),
             "classes_in_mean": int(np.isfinite(self.iou).sum()),

@@ -10,6 +10,9 @@ Conventions (the standard VOC / mmseg ones, stated because results are compared 
   they hold dataset ids like the ground truth and go through the same table.
 * IoU of a class = TP / (TP + FP + FN) over the whole dataset; a class with no ground-truth and no
   predicted pixel has IoU NaN and is left out of the mean. mIoU = mean of the non-NaN IoUs.
+* The protocol (`classes.PROTOCOLS`) turns the class list into the one it scores (`ClassList.for_protocol`);
+  a class without a dataset id (the background of the long lists; Cityscapes' under "standard") is not in
+  the mean, and pixels predicted as it only count as misses of their true class (`ClassList.scored`).
 * A missing or unusable prediction is never silently dropped: it is listed by name and, unless
   `skip_missing`, scored as all-background (which is what a failed image really produced).
 """
@@ -62,15 +65,18 @@ def evaluate(
     resize: bool = False,
     gt_suffix: str = "",
     pred_suffix: str = "",
+    protocol: str = "paper",
     progress: Callable[[Sequence[str]], Iterable[str]] | None = None,
 ) -> EvalReport:
-    """Score `pred_dir/<key><pred_suffix>.png` against every `gt_dir/**/<key><gt_suffix>.png`.
+    """Score `pred_dir/<key><pred_suffix>.png` against every `gt_dir/**/<key><gt_suffix>.png`: the one
+    scoring function behind `eval`, `report` and `run --ablation`, so their numbers agree.
 
     `resize` scales a prediction of another size to the ground truth with nearest neighbour
     (otherwise a size mismatch fails that image). `progress` wraps the list of keys (e.g. tqdm) so the
     caller, not the library, owns the terminal. Per-image problems are recorded, never raised.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    classes = classes.for_protocol(protocol)
     for directory, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not directory.is_dir():
             raise InvalidInputError(f"{what} directory not found: {directory}")
@@ -79,7 +85,7 @@ def evaluate(
     if not gt_files:
         raise InvalidInputError(f"no ground-truth files *{gt_suffix}.png under {gt_dir}")
 
-    total = ConfusionMatrix(len(classes), classes.ignore_index)
+    total = ConfusionMatrix.of(classes)
     scores: list[ImageScore] = []
     keys = list(gt_files)
     for key in progress(keys) if progress else keys:
@@ -88,9 +94,10 @@ def evaluate(
             raw = read_label_map(gt_path, "ground truth")
             unknown = classes.unknown_ids(raw)
             if unknown:
+                ids = [classes.ids[index] for index in classes.scored]
                 raise InvalidInputError(
                     f"ground truth {gt_path.name} holds id(s) {', '.join(map(str, unknown[:8]))} that the "
-                    f"{classes.name} class list does not have (ids {min(classes.ids)}..{max(classes.ids)}, "
+                    f"{classes.name} class list does not have (ids {min(ids)}..{max(ids)}, "
                     f"void {classes.ignore_index}): another dataset's labels, or a colour-coded map?")
             gt = classes.class_indices(raw)
         except InvalidInputError as error:
@@ -98,7 +105,7 @@ def evaluate(
             scores.append(ImageScore(key, gt_path, pred_path, FAILED, scored=False, error=str(error)))
             continue
         status, error = OK, None
-        image_matrix = ConfusionMatrix(len(classes), classes.ignore_index)
+        image_matrix = ConfusionMatrix.of(classes)
         if not pred_path.is_file():
             status, error = MISSING, f"no prediction {pred_path.name}"
         else:
@@ -111,7 +118,7 @@ def evaluate(
             if skip_missing:
                 scores.append(ImageScore(key, gt_path, pred_path, status, scored=False, error=error))
                 continue
-            image_matrix = ConfusionMatrix(len(classes), classes.ignore_index)
+            image_matrix = ConfusionMatrix.of(classes)
             image_matrix.update(gt, np.zeros_like(gt))
         total.add(image_matrix)
         scores.append(ImageScore(key, gt_path, pred_path, status, image_matrix.miou(),
@@ -120,12 +127,14 @@ def evaluate(
     extra = sorted(key for key in pred_files if key not in gt_files)
     if extra:
         logger.info("%d prediction(s) have no ground truth and were not scored: %s", len(extra), ", ".join(extra[:10]))
-    return EvalReport(classes, total, scores, extra, pred_ids=pred_ids, skip_missing=skip_missing)
+    return EvalReport(classes, total, scores, extra, pred_ids=pred_ids, skip_missing=skip_missing, protocol=protocol)
 
 
 def load_prediction(
     path: Path, shape: tuple[int, ...], classes: ClassList, pred_ids: bool, resize: bool
 ) -> np.ndarray:
+    """A prediction as class indices. In dataset ids, an id of no scored class (void, Cityscapes' 0 under
+    "standard") means "no class": it becomes the unscored class, a miss, where the list has one."""
     pred = read_label_map(path, "prediction")
     if pred.shape != shape:
         if not resize:
@@ -133,4 +142,8 @@ def load_prediction(
                                     f"{shape[1]}x{shape[0]} (use resize to scale it with nearest neighbour)")
         pred = np.asarray(Image.fromarray(pred.astype(np.int32)).resize(
             (shape[1], shape[0]), Image.Resampling.NEAREST)).astype(np.int64)
-    return classes.class_indices(pred) if pred_ids else pred
+    if not pred_ids:
+        return pred
+    indices = classes.class_indices(pred)
+    unscored = classes.not_scored
+    return np.where(indices == classes.ignore_index, unscored[0], indices) if unscored else indices

@@ -19,13 +19,18 @@ def _fmt(value: object) -> str:
     return "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _iou_text(row: dict[str, object]) -> str:
+    """A row's IoU cell: a class the protocol does not score says so, an absent one n/a."""
+    return _fmt(row["iou_percent"]) if row["scored"] else "-"
+
+
 def format_table(report: EvalReport) -> str:
-    """The per-class table as aligned plain text, for a terminal."""
+    """The per-class table as aligned plain text, for a terminal ("-": not scored by the protocol)."""
     width = max(len(name) for name in report.classes.names)
     lines = [f"{'#':>3}  {'class':<{width}}  {'id':>4}  {'IoU %':>6}  {'GT px':>11}  {'pred px':>11}"]
     for row in report.rows():
         lines.append(f"{row['index']:>3}  {row['class']:<{width}}  {row['dataset_id']:>4}  "
-                     f"{_fmt(row['iou_percent']):>6}  {row['gt_pixels']:>11}  {row['pred_pixels']:>11}")
+                     f"{_iou_text(row):>6}  {row['gt_pixels']:>11}  {row['pred_pixels']:>11}")
     return "\n".join(lines)
 
 
@@ -46,7 +51,7 @@ def write_markdown(report: EvalReport, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["| # | class | id | IoU (%) | GT pixels | predicted pixels |", "|---:|---|---:|---:|---:|---:|"]
     for row in report.rows():
-        lines.append(f"| {row['index']} | {row['class']} | {row['dataset_id']} | {_fmt(row['iou_percent'])} "
+        lines.append(f"| {row['index']} | {row['class']} | {row['dataset_id']} | {_iou_text(row)} "
                      f"| {row['gt_pixels']} | {row['pred_pixels']} |")
     lines += ["", summary_line(report)]
     if report.missing or report.failed:
@@ -57,10 +62,12 @@ def write_markdown(report: EvalReport, path: Path) -> Path:
 
 
 def summary_line(report: EvalReport) -> str:
+    """The headline, with the protocol that made the number (the paper's and a benchmark's differ)."""
     summary = report.summary()
     return (f"mIoU {_fmt(summary['miou_percent'])} % over {summary['classes_in_mean']} of "
-            f"{summary['num_classes']} classes, pixel accuracy {_fmt(summary['pixel_accuracy_percent'])} %, "
-            f"{summary['images_scored']} of {summary['images']} images scored")
+            f"{summary['scored_classes']} classes ({report.protocol_note}), pixel accuracy "
+            f"{_fmt(summary['pixel_accuracy_percent'])} %, {summary['images_scored']} of {summary['images']} "
+            "images scored")
 
 
 def write_summary(report: EvalReport, path: Path) -> Path:
@@ -71,7 +78,8 @@ def write_summary(report: EvalReport, path: Path) -> Path:
 
 
 def plot_per_class(report: EvalReport, path: Path) -> Path:
-    """Bar chart of per-class IoU in the VOC colours, mIoU as a dashed line; absent classes say n/a.
+    """Bar chart of per-class IoU in the VOC colours, mIoU as a dashed line; absent classes say n/a, the
+    ones the protocol does not score say so.
 
     Uses `matplotlib.figure.Figure` directly (Agg canvas) so no pyplot global state or GUI backend.
     """
@@ -86,8 +94,10 @@ def plot_per_class(report: EvalReport, path: Path) -> Path:
     heights = np.nan_to_num(iou * 100, nan=0.0)
     colours = _PALETTE[:count] / 255.0
     axes.bar(range(count), heights, color=colours, edgecolor="black", linewidth=0.5)
+    not_scored = set(report.classes.not_scored)
     for index in np.flatnonzero(np.isnan(iou)):
-        axes.text(index, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="grey")
+        axes.text(index, 1, "not scored" if index in not_scored else "n/a", ha="center", va="bottom",
+                  rotation=90, fontsize=7, color="grey")
     if not np.isnan(report.miou):
         axes.axhline(100 * report.miou, color="black", linestyle="--", linewidth=1,
                      label=f"mIoU {100 * report.miou:.2f}")
@@ -95,6 +105,7 @@ def plot_per_class(report: EvalReport, path: Path) -> Path:
     axes.set_xticks(range(count), report.classes.names, rotation=60, ha="right", fontsize=8)
     axes.set_ylim(0, 100)
     axes.set_ylabel("IoU (%)")
-    axes.set_title(f"Per-class IoU ({report.classes.name}, {report.num_scored} images)", fontsize=10)
+    axes.set_title(f"Per-class IoU ({report.classes.name}, {report.protocol_note}, {report.num_scored} images)",
+                   fontsize=10)
     figure.savefig(path)
     return path
