@@ -80,8 +80,9 @@ def evaluate(
     for directory, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not directory.is_dir():
             raise InvalidInputError(f"{what} directory not found: {directory}")
-    gt_files = _files_by_key(gt_dir, gt_suffix, "ground-truth")
-    pred_files = _files_by_key(pred_dir, pred_suffix, "prediction", skip=pred_dir / "eval")
+    reports = pred_dir / "eval"  # `eval`'s default --out: its charts and panels are no label maps, on either side
+    gt_files = _files_by_key(gt_dir, gt_suffix, "ground-truth", skip=reports)
+    pred_files = _files_by_key(pred_dir, pred_suffix, "prediction", skip=reports)
     if not gt_files:
         raise InvalidInputError(f"no ground-truth files *{gt_suffix}.png under {gt_dir}")
 
