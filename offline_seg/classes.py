@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -39,7 +39,7 @@ COCO81_ENTRIES = (
     (90, "toothbrush"),
 )
 # Long-list benchmarks. Their label maps give no pixel to a "background" class, so the background here has
-# no dataset id (-1): the ground truth's void (ADE20K and Pascal Context 0, COCO-Stuff 255) is ignored, as in
+# no dataset id (NO_ID): the ground truth's void (ADE20K and Pascal Context 0, COCO-Stuff 255) is ignored, as in
 # the standard protocols, and the background only names the pixels no detection covers.
 # ADE20K (SceneParsing, ADEChallengeData2016): ids 1..150 in objectInfo150 order, 0 = other (void).
 ADE20K_150 = (
@@ -81,6 +81,16 @@ PASCAL_CONTEXT_59 = (
 )
 DRAM = "background, bird, boat, bottle, cat, chair, cow, dog, horse, person, potted-plant, sheep"
 DRAM_IDS = (0, 3, 4, 5, 8, 9, 10, 12, 13, 15, 16, 17)
+
+# The dataset id of a class the ground truth never holds: the background of the long lists (and of Cityscapes
+# under its standard protocol). Such a class is not in the mean: see `ClassList.scored`.
+NO_ID = -1
+# How a benchmark is scored. Only Cityscapes differs: VOC, COCO-81 and DRAM score their background in both,
+# the long lists in neither.
+PROTOCOLS = {
+    "paper": "the paper's class lists (Cityscapes: 20 entries, labelId 0 'unlabeled' scored as background)",
+    "standard": "each benchmark's official protocol (Cityscapes: the 19 classes, labelId 0 void)",
+}
 
 _IRREGULAR_PLURALS = {
     "people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
@@ -128,6 +138,8 @@ class ClassList:
     ignore_index: int = 255
     name: str = "custom"
     void_ids: tuple[int, ...] = ()  # dataset ids meaning "not labelled" besides `ignore_index` (ADE20K's 0)
+    # dataset ids the paper scores as a class but the benchmark's standard protocol leaves void (Cityscapes' 0)
+    standard_void_ids: tuple[int, ...] = ()
     _keys: dict[str, str] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -207,6 +219,29 @@ class ClassList:
     def index(self, label: str) -> int:
         return self.names.index(label)
 
+    @property
+    def scored(self) -> tuple[int, ...]:
+        """Indices of the classes an mIoU averages: those with a dataset id. A class without one (`NO_ID`)
+        is never in the ground truth, so it is no class of the mean: pixels predicted as it only count as
+        misses of their true class (the standard protocol of the long lists)."""
+        return tuple(index for index, dataset_id in enumerate(self.ids) if dataset_id != NO_ID)
+
+    @property
+    def not_scored(self) -> tuple[int, ...]:
+        """The indices `scored` leaves out (the background of the long lists)."""
+        scored = set(self.scored)
+        return tuple(index for index in range(len(self.names)) if index not in scored)
+
+    def for_protocol(self, protocol: str) -> ClassList:
+        """This list as `protocol` (a key of `PROTOCOLS`) scores it: "standard" makes `standard_void_ids`
+        void, so their class loses its dataset id and leaves the mean; class indices do not change."""
+        if protocol not in PROTOCOLS:
+            raise InvalidInputError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if protocol == "paper" or not self.standard_void_ids:
+            return self
+        ids = tuple(NO_ID if dataset_id in self.standard_void_ids else dataset_id for dataset_id in self.ids)
+        return replace(self, ids=ids, void_ids=(*self.void_ids, *self.standard_void_ids), standard_void_ids=())
+
     def match(self, text: str) -> str | None:
         """The class-list label that `text` names exactly (up to `label_key`), else None."""
         return self._keys.get(label_key(text))
@@ -239,9 +274,8 @@ class ClassList:
         """uint8/int LUT from dataset id to class index (ignore_index elsewhere), for ground truth."""
         size = max(max(self.ids), self.ignore_index) + 1
         table = np.full(size, self.ignore_index, dtype=np.int64)
-        for index, dataset_id in enumerate(self.ids):
-            if dataset_id >= 0:  # -1: a class the ground truth never holds (the background of long lists)
-                table[dataset_id] = index
+        for index in self.scored:  # a class without a dataset id has no entry: the ground truth never holds it
+            table[self.ids[index]] = index
         return table
 
 
@@ -252,7 +286,8 @@ def _voc() -> ClassList:
 def _cityscapes() -> ClassList:
     # labelIds 0..33: the ones not evaluated (ego vehicle, static, ...) are void, not a wrong preset
     void = tuple(i for i in range(34) if i not in CITYSCAPES_IDS)
-    return ClassList(ClassList.parse(CITYSCAPES).names, CITYSCAPES_IDS, name="cityscapes", void_ids=void)
+    return ClassList(ClassList.parse(CITYSCAPES).names, CITYSCAPES_IDS, name="cityscapes", void_ids=void,
+                     standard_void_ids=(0,))
 
 
 def _coco81() -> ClassList:
@@ -271,20 +306,20 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _ade20k() -> ClassList:
     names = _names(ADE20K_150)
-    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="ade20k", void_ids=(0,))
+    return ClassList(("background", *names), (NO_ID, *range(1, len(names) + 1)), name="ade20k", void_ids=(0,))
 
 
 def _coco_stuff() -> ClassList:
     things = COCO81_ENTRIES[1:]
     stuff = _names(COCO_STUFF_STUFF)
     names = ("background", *(name for _, name in things), *stuff)
-    ids = (-1, *(coco_id - 1 for coco_id, _ in things), *range(91, 91 + len(stuff)))
+    ids = (NO_ID, *(coco_id - 1 for coco_id, _ in things), *range(91, 91 + len(stuff)))
     return ClassList(names, ids, name="coco-stuff")
 
 
 def _pascal_context() -> ClassList:
     names = _names(PASCAL_CONTEXT_59)
-    return ClassList(("background", *names), (-1, *range(1, len(names) + 1)), name="pascal-context",
+    return ClassList(("background", *names), (NO_ID, *range(1, len(names) + 1)), name="pascal-context",
                      void_ids=(0,))
 
 

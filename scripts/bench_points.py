@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.classes import ClassList
-from offline_seg.evaluation.metrics import ConfusionMatrix
+from offline_seg.evaluation.confusion import ConfusionMatrix
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, loosen_boxes
 from offline_seg.io.images import IMAGE_SUFFIXES
 from offline_seg.stages.composer import compose
@@ -45,7 +45,7 @@ class Row:
 def score(segmenter: TwoPassSegmenter, samples: list[tuple[Image.Image, np.ndarray, Any]], classes: ClassList
           ) -> tuple[float, float]:
     """Dataset mIoU % of the segmenter on (image, class map, detections) samples, and seconds per image."""
-    dataset = ConfusionMatrix(len(classes), classes.ignore_index)
+    dataset = ConfusionMatrix.of(classes)
     start = time.perf_counter()
     for image, class_map, detections in samples:
         instances = segmenter.segment(image, detections)

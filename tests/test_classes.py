@@ -123,3 +123,28 @@ def test_long_list_presets_have_their_dataset_ids(preset, size, first, last, ids
     # the ground truth's void maps to ignore, never to the background
     void = 255 if preset == "coco-stuff" else 0
     assert classes.class_indices(np.array([void]))[0] == classes.ignore_index
+
+
+@pytest.mark.parametrize("preset, paper, standard", [
+    ("voc", 21, 21), ("coco81", 81, 81), ("dram", 12, 12), ("cityscapes", 20, 19),
+    ("ade20k", 150, 150), ("coco-stuff", 171, 171), ("pascal-context", 59, 59)])
+def test_scored_classes_follow_the_protocol(preset, paper, standard):
+    classes = ClassList.preset(preset)
+    assert len(classes.scored) == paper and len(classes.for_protocol("standard").scored) == standard
+    background_scored = preset in ("voc", "coco81", "dram", "cityscapes")
+    assert (0 in classes.scored) == background_scored
+    assert classes.not_scored == (() if background_scored else (0,))
+    assert classes.for_protocol("paper") is classes
+
+
+def test_cityscapes_standard_protocol_makes_label_id_0_void():
+    paper = ClassList.preset("cityscapes")
+    standard = paper.for_protocol("standard")
+    assert standard.names == paper.names and standard.ids[1:] == paper.ids[1:]  # class indices unchanged
+    assert standard.not_scored == (0,) and standard.standard_void_ids == ()
+    ids = np.array([0, 7, 26, 4])  # unlabeled, road, car, static
+    assert paper.class_indices(ids).tolist() == [0, 1, paper.index("car"), 255]
+    assert standard.class_indices(ids).tolist() == [255, 1, paper.index("car"), 255]
+    assert standard.unknown_ids(ids) == [] and standard.for_protocol("standard") == standard
+    with pytest.raises(InvalidInputError, match="unknown protocol 'official'"):
+        paper.for_protocol("official")

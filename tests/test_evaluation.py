@@ -1,4 +1,4 @@
-"""`offline_seg.evaluation.metrics` and `offline-seg eval`: exact numbers on tiny hand-computed fixtures."""
+"""`offline_seg.evaluation` (confusion, scoring, writers, worst) and `offline-seg eval`: exact numbers on tiny hand-computed fixtures."""
 
 from __future__ import annotations
 
@@ -14,14 +14,11 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.cli import main
-from offline_seg.evaluation.metrics import (
-    ConfusionMatrix,
-    evaluate,
-    plot_per_class,
-    worst_images,
-    write_csv,
-    write_markdown,
-)
+from offline_seg.errors import InvalidInputError
+from offline_seg.evaluation.confusion import ConfusionMatrix
+from offline_seg.evaluation.scoring import evaluate
+from offline_seg.evaluation.worst import worst_images
+from offline_seg.evaluation.writers import plot_per_class, write_csv, write_markdown
 from offline_seg.io.outputs import class_map_image
 
 V = 255  # void
@@ -235,6 +232,21 @@ def test_voc_mini_ground_truth_as_prediction_is_100(voc_mini, tmp_path):
     assert report.miou * 100 == 100.0 and report.pixel_accuracy == 1.0
 
 
+def test_a_report_inside_the_ground_truth_is_not_read_as_ground_truth(tmp_path):
+    """Ground truth scored against itself (--pred-ids) writes its report into GT/eval: a second eval must
+    not take those charts and panels for ground-truth maps."""
+    labels = tmp_path / "labels"
+    _save_gt(labels / "a.png", GT_A)
+    _save_gt(labels / "b.png", GT_B)
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["eval", "--pred", str(labels), "--gt", str(labels), "--pred-ids",
+                                           "--classes", "background, cat, dog"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((labels / "eval" / "summary.json").read_text())
+        assert summary["images"] == 2 and summary["miou_percent"] == 100.0
+    assert (labels / "eval" / "worst" / "01_a.png").is_file()
+
+
 def test_nested_predictions_are_found_and_reports_are_not_read_as_predictions(tmp_path):
     gt, pred = tmp_path / "gt" / "val" / "aachen", tmp_path / "pred" / "val" / "aachen"
     ids = np.array([[0, 1], [1, 2]])
@@ -243,3 +255,91 @@ def test_nested_predictions_are_found_and_reports_are_not_read_as_predictions(tm
     _save_pred(tmp_path / "pred" / "eval" / "worst" / "01_a.png", ids)
     report = evaluate(tmp_path / "pred", tmp_path / "gt", _classes(), gt_suffix="_gtFine")
     assert report.ok and report.miou == 1.0 and report.extra == []
+
+
+# --- protocols: which classes are in the mean -------------------------------------------------------
+def test_an_unscored_class_has_no_iou_and_its_predictions_are_misses():
+    matrix = ConfusionMatrix(3, scored=(1, 2))
+    # the background (0) is not scored: its ground-truth pixel is ignored, a pixel predicted as it is a miss
+    matrix.update(np.array([[1, 1, 2, 0]]), np.array([[1, 0, 2, 1]]))
+    np.testing.assert_array_equal(matrix.matrix, [[0, 0, 0], [1, 1, 0], [0, 0, 1]])
+    np.testing.assert_allclose(matrix.iou_per_class(), [np.nan, 0.5, 1.0])
+    assert matrix.miou() == 0.75 and matrix.pixel_accuracy() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("preset, first, second, void", [
+    ("ade20k", "wall", "floor", 0), ("coco-stuff", "wall-concrete", "floor-wood", 255),
+    ("pascal-context", "wall", "floor", 0)])
+@pytest.mark.parametrize("pred_ids", [False, True])
+def test_long_list_background_is_no_class_of_the_mean(tmp_path, preset, first, second, void, pred_ids):
+    """10x10: `first` on the top half all right (IoU 1.0), `second` on the bottom half with 10 of its 50
+    pixels predicted background (IoU 0.8): mIoU 0.90, not 0.60 with a background IoU of 0 in the mean."""
+    classes = ClassList.preset(preset)
+    a, b = classes.index(first), classes.index(second)
+    id_a, id_b = classes.ids[a], classes.ids[b]
+    gt = np.full((10, 10), id_a)
+    gt[5:] = id_b
+    # predicted background: class index 0, or in dataset ids the benchmark's void ("no class")
+    pred = np.full((10, 10), id_a if pred_ids else a)
+    pred[5:] = id_b if pred_ids else b
+    pred[9] = void if pred_ids else 0
+    _save_gt(tmp_path / "gt" / "room.png", gt)
+    (_save_gt if pred_ids else _save_pred)(tmp_path / "pred" / "room.png", pred)
+    out = tmp_path / "report"
+    args = ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--preset", preset,
+            "--out", str(out), *(["--pred-ids"] if pred_ids else [])]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "mIoU 90.00 % over 2 of" in result.output and "(paper protocol, background not scored)" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["miou_percent"] == 90.0 and summary["classes_in_mean"] == 2
+    assert summary["scored_classes"] == len(classes) - 1 and summary["not_scored"] == ["background"]
+    rows = {row["class"]: row for row in summary["per_class"]}
+    assert rows[first]["iou_percent"] == 100.0 and rows[second]["iou_percent"] == 80.0
+    assert rows["background"] == {**rows["background"], "scored": False, "iou_percent": None, "gt_pixels": 0,
+                                  "pred_pixels": 10}
+    assert summary["pixel_accuracy_percent"] == 90.0
+
+
+# Cityscapes labelIds in a row: road, road, car, car, person, unlabeled (0), static (4, void in both).
+CITY_GT = [[7, 7, 26, 26, 24, 0, 4]]
+
+
+@pytest.mark.parametrize("pred_ids", [False, True])
+@pytest.mark.parametrize("protocol, miou, accuracy, in_mean", [
+    # paper: 20 entries, labelId 0 a background class. road TP 1 of GT 2 + predicted 2 -> 1/3; background
+    # TP 0 -> 0; car 1, person 1: (1/3 + 0 + 1 + 1) / 4; pixel accuracy 4 of 6
+    ("paper", 100 * (1 / 3 + 0 + 1 + 1) / 4, 100 * 4 / 6, 4),
+    # standard: 19 classes, 0 void. road TP 1 of GT 2 + predicted 1 -> 1/2 (the pixel predicted background
+    # is a miss), car 1, person 1: (1/2 + 1 + 1) / 3; pixel accuracy 4 of 5
+    ("standard", 100 * (1 / 2 + 1 + 1) / 3, 100 * 4 / 5, 3)])
+def test_cityscapes_paper_and_standard_protocols(tmp_path, protocol, miou, accuracy, in_mean, pred_ids):
+    classes = ClassList.preset("cityscapes")
+    road, car, person = classes.index("road"), classes.index("car"), classes.index("person")
+    if pred_ids:  # background in labelIds is 0
+        _save_gt(tmp_path / "pred" / "f_1_leftImg8bit.png", [[7, 0, 26, 26, 24, 7, 26]])
+    else:
+        _save_pred(tmp_path / "pred" / "f_1_leftImg8bit.png", [[road, 0, car, car, person, road, car]])
+    _save_gt(tmp_path / "gt" / "frankfurt" / "f_1_gtFine_labelIds.png", CITY_GT)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, [
+        "eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--preset", "cityscapes",
+        "--gt-suffix", "_gtFine_labelIds", "--pred-suffix", "_leftImg8bit", "--protocol", protocol,
+        "--out", str(out), *(["--pred-ids"] if pred_ids else [])])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == protocol and summary["miou_percent"] == round(miou, 2)
+    assert summary["pixel_accuracy_percent"] == round(accuracy, 2) and summary["classes_in_mean"] == in_mean
+    scored = 20 if protocol == "paper" else 19
+    assert summary["scored_classes"] == scored
+    note = "paper protocol" if protocol == "paper" else "standard protocol, background not scored"
+    assert f"mIoU {miou:.2f} % over {in_mean} of {scored} classes ({note})" in result.output
+    assert f"({note})" in (out / "per_class.md").read_text()
+
+
+def test_unknown_protocol_is_a_usage_error(two_images):
+    pred, gt = two_images
+    result = CliRunner().invoke(main, ["eval", "--pred", str(pred), "--gt", str(gt), "--protocol", "official"])
+    assert result.exit_code == 2 and "'official' is not one of 'paper', 'standard'" in result.output
+    with pytest.raises(InvalidInputError, match="unknown protocol"):
+        evaluate(pred, gt, _classes(), protocol="official")

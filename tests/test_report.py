@@ -51,6 +51,90 @@ def test_report_without_ground_truth_sorts_by_score(prelabel_run, tmp_path):
     assert "Give <code>--gt DIR</code>" in text
 
 
+def _miou(text: str) -> str:
+    return re.search(r"mIoU ([0-9.]+|n/a) % over", text).group(1)
+
+
+def test_report_scores_the_run_as_eval_does(tiny_weights, tmp_path):
+    """Two of three ground-truth images were run: the report scores the third as all-background, as `eval`
+    does (before, it left it out), and with the same options both agree again."""
+    import numpy as np
+    from PIL import Image
+
+    source = tmp_path / "in"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(source / f"{name}.png")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for name in ("a", "b", "never_run"):  # VOC ids: dog on the left half, background on the right
+        ids = np.zeros((30, 40), np.uint8)
+        ids[:, :20] = 12
+        Image.fromarray(ids, mode="L").save(gt / f"{name}.png")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", str(source), "--weights", str(tiny_weights), "--out", str(out),
+                                       "--labels", "dog", "--points", "0"])
+    assert result.exit_code == 0, result.output
+    scores = {}
+    for options in ([], ["--skip-missing"]):
+        evaluated = CliRunner().invoke(main, ["eval", "--pred", str(out), "--gt", str(gt), "--out",
+                                              str(tmp_path / "eval"), *options])
+        assert evaluated.exit_code == 1 and "missing prediction: never_run" in evaluated.output
+        page = tmp_path / "report.html"
+        reported = CliRunner().invoke(main, ["report", str(out), "--gt", str(gt), "--out", str(page), *options])
+        assert reported.exit_code == 0, reported.output
+        text = page.read_text()
+        assert _miou(text) == _miou(reported.output) == _miou(evaluated.output), (text, evaluated.output)
+        assert "1 ground-truth image(s) without a prediction" in text and "(paper protocol)" in text
+        scores[tuple(options)] = _miou(text)
+    # the missing image does change the number: the check above can tell the two rules apart
+    assert scores[()] != scores[("--skip-missing",)]
+
+
+def test_eval_report_and_ablation_table_agree_under_both_cityscapes_protocols(tiny_weights, tmp_path):
+    """One scoring function behind all three: for each protocol and missing-image policy, the `run
+    --ablation` table, `report` and `eval` print the same mIoU of the same row, and say the protocol."""
+    import numpy as np
+    from PIL import Image
+
+    source = tmp_path / "in"
+    source.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(source / f"{name}_leftImg8bit.png")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for name in ("a", "b", "never_run"):  # labelIds: car on the left half, 0 "unlabeled" on the right
+        ids = np.zeros((30, 40), np.uint8)
+        ids[:, :20] = 26
+        Image.fromarray(ids, mode="L").save(gt / f"{name}_gtFine_labelIds.png")
+    out = tmp_path / "run"
+    numbers = {}
+    for protocol in ("paper", "standard"):
+        for policy in ([], ["--skip-missing"]):
+            options = ["--protocol", protocol, "--gt-suffix", "_gtFine_labelIds", "--pred-suffix", "_leftImg8bit",
+                       *policy]
+            ran = CliRunner().invoke(main, ["run", str(source), "--weights", str(tiny_weights), "--out", str(out),
+                                            "--preset", "cityscapes", "--labels", "car", "--ablation", "no-points",
+                                            "--gt", str(gt), *options])
+            assert ran.exit_code == 0, ran.output
+            note = "paper protocol" if protocol == "paper" else "standard protocol, background not scored"
+            assert f"| mIoU % (ours, {note}) |" in ran.output
+            row = next(line for line in ran.output.splitlines() if line.startswith("| no-points |"))
+            table = row.split("|")[3].split("(")[0].strip()
+            evaluated = CliRunner().invoke(main, ["eval", "--pred", str(out / "no-points"), "--gt", str(gt),
+                                                  "--preset", "cityscapes", "--out", str(tmp_path / "eval"), *options])
+            assert "missing prediction: never_run" in evaluated.output and f"({note})" in evaluated.output
+            page = tmp_path / "report.html"
+            reported = CliRunner().invoke(main, ["report", str(out / "no-points"), "--gt", str(gt), "--out",
+                                                 str(page), *options])
+            assert reported.exit_code == 0, reported.output
+            assert table == _miou(evaluated.output) == _miou(page.read_text()), (row, evaluated.output)
+            numbers[protocol, bool(policy)] = table
+    assert len(set(numbers.values())) == 4, numbers  # each option changes the number: the checks can fail
+
+
 # --- the browser ----------------------------------------------------------------------------------
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -13,7 +13,7 @@ from offline_seg.stages.composer import compose
 from offline_seg.errors import MissingWeightsError
 from offline_seg.models.sam_onnx import OnnxSam
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth
-from offline_seg.evaluation.metrics import ConfusionMatrix
+from offline_seg.evaluation.confusion import ConfusionMatrix
 from offline_seg.io.images import load_image
 from offline_seg.pipeline import Pipeline, PipelineConfig
 from offline_seg.stages.segmenter import EncodeOnce, OnnxSamSegmenter
@@ -101,7 +101,7 @@ def _oracle_miou(segmenter_dir, voc_mini, backend, **settings) -> float:
                             ground_truth_dir=voc_mini / "SegmentationClass", **settings)
     pipeline = Pipeline(config)
     pipeline.segmenter.backend = backend
-    confusion = ConfusionMatrix(len(VOC), VOC.ignore_index)
+    confusion = ConfusionMatrix.of(VOC)
     for path in sorted((voc_mini / "JPEGImages").glob("*.png")):
         result = pipeline.segment(path)
         confusion.update(pipeline.ground_truth_for(load_image(path), path.stem), result.class_map)

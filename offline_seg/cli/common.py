@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from offline_seg.classes import ClassList
+from offline_seg.classes import PROTOCOLS, ClassList
 from offline_seg.errors import InvalidInputError, OfflineSegError
 
 logger = logging.getLogger("offline_seg")
@@ -55,6 +55,24 @@ def _class_list(preset: str | None, classes: str | None) -> ClassList:
                                 f"but it is {class_list.background!r}; put one first, e.g. --classes "
                                 f"\"background, {names}\"")
     return class_list
+
+
+def _scoring_options(command):
+    """The options that say how predictions are scored, one definition for `eval`, `report` and
+    `run --ablation`, which all score through `evaluation.scoring.evaluate` and so agree."""
+    options = [
+        click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="paper", show_default=True,
+                     help="Scoring protocol: " + "; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items())
+                     + ". VOC, COCO-81 and DRAM score their background in both; ADE20K, COCO-Stuff and "
+                     "Pascal Context in neither."),
+        click.option("--skip-missing", is_flag=True, help="Leave images with no usable prediction out of the "
+                     "score (default: score them as all-background, what a failed image produced)."),
+        click.option("--gt-suffix", default="", help='Ground-truth name ending to strip, e.g. "_gtFine_labelIds".'),
+        click.option("--pred-suffix", default="", help='Prediction name ending to strip, e.g. "_leftImg8bit".'),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def _collect_images(inputs: tuple[str, ...]) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from offline_seg.classes import PRESETS
-from offline_seg.cli.common import _class_list, _setup_logging, main
+from offline_seg.cli.common import _class_list, _scoring_options, _setup_logging, main
 
 
 @main.command("eval")
@@ -22,18 +22,16 @@ from offline_seg.cli.common import _class_list, _setup_logging, main
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
               help="RGB images, to show next to the worst predictions.")
 @click.option("--pred-ids", is_flag=True, help="Predictions hold dataset ids like the ground truth, not class indices.")
-@click.option("--skip-missing", is_flag=True,
-              help="Leave missing/unusable predictions out of the score (default: score them as all-background).")
+@_scoring_options
 @click.option("--resize-pred", is_flag=True, help="Scale predictions of another size to the ground truth (nearest).")
-@click.option("--gt-suffix", default="", help='Ground-truth name ending to strip, e.g. "_gtFine_labelIds".')
-@click.option("--pred-suffix", default="", help='Prediction name ending to strip, e.g. "_leftImg8bit".')
 @click.option("--worst", "num_worst", type=click.IntRange(min=0), default=10, show_default=True,
               help="Side-by-side panels for this many lowest-mIoU images.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
 def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Path | None, images_dir: Path | None,
-                     pred_ids: bool, skip_missing: bool, resize_pred: bool, gt_suffix: str, pred_suffix: str,
-                     num_worst: int, verbose: int) -> None:
-    """mIoU of PRED against GT from one dataset-wide confusion matrix (ignore label excluded).
+                     pred_ids: bool, protocol: str, skip_missing: bool, gt_suffix: str, pred_suffix: str,
+                     resize_pred: bool, num_worst: int, verbose: int) -> None:
+    """mIoU of PRED against GT from one dataset-wide confusion matrix (ignore label excluded), under
+    --protocol (printed with the number and written to summary.json).
 
     Writes per_class.csv, per_class.md, per_class.png, summary.json and worst/*.png. Exit code 1 when
     any prediction was missing or unusable (they are listed by name; see --skip-missing).
@@ -41,26 +39,28 @@ def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Pat
     _setup_logging(verbose)
     from tqdm import tqdm
 
-    from offline_seg.evaluation import metrics as evaluation
-
+    from offline_seg.evaluation import writers, worst
+    from offline_seg.evaluation.scoring import evaluate
+    from offline_seg.io.guards import check_out_dir
     from offline_seg.io.runs import check_run_classes
 
     class_list = _class_list(preset, classes)
     check_run_classes(pred_dir, class_list)  # a run made for another list is not scored as if it were this one
-    report = evaluation.evaluate(
+    out_dir = out_dir or pred_dir / "eval"
+    check_out_dir(out_dir, folders={"ground-truth folder": [gt_dir], "input folder": [images_dir]})
+    report = evaluate(
         pred_dir, gt_dir, class_list, pred_ids=pred_ids, skip_missing=skip_missing, resize=resize_pred,
-        gt_suffix=gt_suffix, pred_suffix=pred_suffix,
+        gt_suffix=gt_suffix, pred_suffix=pred_suffix, protocol=protocol,
         progress=lambda keys: tqdm(keys, desc="eval", unit="img", disable=len(keys) < 2),
     )
-    out_dir = out_dir or pred_dir / "eval"
-    evaluation.write_csv(report, out_dir / "per_class.csv")
-    evaluation.write_markdown(report, out_dir / "per_class.md")
-    evaluation.write_summary(report, out_dir / "summary.json")
-    evaluation.plot_per_class(report, out_dir / "per_class.png")
-    worst = evaluation.worst_images(report, out_dir / "worst", num_worst, images_dir, pred_suffix=pred_suffix)
-    click.echo(evaluation.format_table(report))
-    click.secho(evaluation.summary_line(report), bold=True)
-    click.echo(f"report: {out_dir} ({len(worst)} worst-image panels)")
+    writers.write_csv(report, out_dir / "per_class.csv")
+    writers.write_markdown(report, out_dir / "per_class.md")
+    writers.write_summary(report, out_dir / "summary.json")
+    writers.plot_per_class(report, out_dir / "per_class.png")
+    panels = worst.worst_images(report, out_dir / "worst", num_worst, images_dir, pred_suffix=pred_suffix)
+    click.echo(writers.format_table(report))
+    click.secho(writers.summary_line(report), bold=True)
+    click.echo(f"report: {out_dir} ({len(panels)} worst-image panels)")
     policy = "excluded" if skip_missing else "scored as all-background"
     for name in report.missing:
         click.secho(f"missing prediction: {name} ({policy})", fg="red", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from offline_seg.cli.common import _go_offline, _setup_logging, main, say
+from offline_seg.cli.common import _go_offline, _scoring_options, _setup_logging, main, say
 from offline_seg.cli.options import _build_config, _check_out, _echo_plan, _segment_options
 from offline_seg.errors import InvalidInputError
 
@@ -23,10 +23,7 @@ from offline_seg.errors import InvalidInputError
 @click.option("--no-recursive", is_flag=True, help="Only the folder's own images, not its sub-folders.")
 @click.option("--image-list", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Only the images whose stems this file lists, e.g. VOC's ImageSets/Segmentation/val.txt.")
-@click.option("--skip-missing", is_flag=True, help="Ablation table: leave images with no prediction out of the "
-              "score (as `eval --skip-missing`); by default they count as all-background.")
-@click.option("--gt-suffix", default="", help='Ablation table: ground-truth name ending to strip, as in `eval`.')
-@click.option("--pred-suffix", default="", help='Ablation table: prediction name ending to strip, as in `eval`.')
+@_scoring_options
 @click.option("--retry-failed", is_flag=True, help="Try again the images an earlier run recorded as failed "
               "(by default they are skipped and listed again).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -36,8 +33,8 @@ from offline_seg.errors import InvalidInputError
               "machine only.")
 @click.option("--ray-actors", help="Actors per model stage: N, or per stage, e.g. segment=2,detect=2 (default 1).")
 def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
-        image_list: Path | None, retry_failed: bool, skip_missing: bool, gt_suffix: str, pred_suffix: str,
-        engine: str, ray_address: str | None, ray_actors: str | None, **options) -> None:
+        image_list: Path | None, retry_failed: bool, protocol: str, skip_missing: bool, gt_suffix: str,
+        pred_suffix: str, engine: str, ray_address: str | None, ray_actors: str | None, **options) -> None:
     """Segment every image under SOURCE (a folder, or a VOC / Cityscapes / COCO dataset root), resumably.
 
     Every stage result is stored in OUT/offline_seg.sqlite as it is made: run the same command again after a
@@ -89,21 +86,25 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
             say(f"failed: {name}: {reason}", fg="red", err=True)
         any_failed |= bool(summary.failed)
     if rows and base.ground_truth_dir is not None:
-        _print_ablation_table(runs, base, skip_missing=skip_missing, gt_suffix=gt_suffix, pred_suffix=pred_suffix)
+        _print_ablation_table(runs, base, protocol=protocol, skip_missing=skip_missing, gt_suffix=gt_suffix,
+                              pred_suffix=pred_suffix)
     if any_failed:
         sys.exit(1)
 
 
-def _print_ablation_table(runs, base, **eval_options) -> None:
-    """Score each row's output against --gt with `eval`'s own code and options (`evaluate`) and print it
-    beside the paper's Table 3."""
-    from offline_seg.evaluation import metrics as evaluation
+def _print_ablation_table(runs, base, *, protocol: str, **eval_options) -> None:
+    """Score each row's output against --gt with `eval`'s own function and options (`evaluate`) and print
+    it beside the paper's Table 3, saying which protocol each column used."""
     from offline_seg.evaluation.ablations import PAPER_MIOU, paper_row_name
+    from offline_seg.evaluation.scoring import evaluate
 
     paper = PAPER_MIOU.get(base.classes.name, {})
-    click.echo(f"\n| row | paper row | mIoU % (ours) | paper mIoU % ({base.classes.name}, GPT-4) |\n|---|---|---:|---:|")
-    for row, config, row_out in runs:
-        report = evaluation.evaluate(row_out, base.ground_truth_dir, config.classes, **eval_options)
+    reports = [(row, evaluate(row_out, base.ground_truth_dir, config.classes, protocol=protocol, **eval_options))
+               for row, config, row_out in runs]
+    ours = reports[0][1].protocol_note
+    click.echo(f"\n| row | paper row | mIoU % (ours, {ours}) | paper mIoU % ({base.classes.name}, GPT-4, paper "
+               "protocol) |\n|---|---|---:|---:|")
+    for row, report in reports:
         theirs = f"{paper[row]:.2f}" if row in paper else "n/a"
         note = f" ({len(report.missing)} missing, {len(report.failed)} failed)" if not report.ok else ""
         click.echo(f"| {row} | {paper_row_name(row)} | {100 * report.miou:.2f}{note} | {theirs} |")

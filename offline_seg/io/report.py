@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.classes import voc_palette
-from offline_seg.evaluation.metrics import EvalReport, evaluate
+from offline_seg.evaluation.results import EvalReport
+from offline_seg.evaluation.writers import summary_line
 from offline_seg.io.runs import Run, RunImage
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class ClassStat:
     colour: str
     images: int  # images showing the class
     pixels: int
-    iou: float | None  # None without ground truth, NaN when the class is in neither
+    iou: float | None  # None without ground truth, NaN when the class is in neither or not scored
+    scored: bool  # in the mean of the scores' protocol (`ClassList.scored`)
 
 
 def _data_uri(image: Image.Image, width: int = THUMB_WIDTH) -> str:
@@ -63,7 +65,8 @@ def _hex(rgb: tuple[int, ...]) -> str:
 
 
 def class_stats(run: Run, scores: EvalReport | None) -> list[ClassStat]:
-    """Per foreground class: how many images and pixels show it, and its dataset-wide IoU."""
+    """Per class: how many images and pixels show it, its dataset-wide IoU and whether the protocol
+    scores it (the chart shows the classes of the mean, as `eval`'s table does)."""
     palette = np.array(voc_palette(), dtype=np.uint8).reshape(-1, 3)
     n = len(run.classes)
     pixels = np.zeros(n, np.int64)
@@ -73,14 +76,19 @@ def class_stats(run: Run, scores: EvalReport | None) -> list[ClassStat]:
         pixels += counts
         images += counts > 0
     iou = scores.iou if scores is not None else None
+    scored = set((scores.classes if scores is not None else run.classes).scored)
     return [ClassStat(i, name, _hex(tuple(palette[i])), int(images[i]), int(pixels[i]),
-                      None if iou is None else float(iou[i]))
-            for i, name in enumerate(run.classes.names) if i > 0]
+                      None if iou is None else float(iou[i]), i in scored)
+            for i, name in enumerate(run.classes.names)]
 
 
 def _bar_chart(stats: list[ClassStat], with_iou: bool) -> str:
-    """An inline SVG bar chart: IoU % per class with ground truth, else the share of labelled pixels."""
-    rows = [s for s in stats if (s.iou is not None and not math.isnan(s.iou)) or (not with_iou and s.pixels)]
+    """An inline SVG bar chart: IoU % per class in the mean with ground truth, else each foreground class's
+    share of the labelled pixels (`stats` are the foreground's then)."""
+    if with_iou:
+        rows = [s for s in stats if s.scored and s.iou is not None and not math.isnan(s.iou)]
+    else:
+        rows = [s for s in stats if s.pixels]
     if not rows:
         return "<p>No class was found.</p>"
     total = sum(s.pixels for s in rows) or 1
@@ -130,17 +138,18 @@ def _card(image: RunImage, iou: float | None) -> str:
             f'<ul>{chips or "<li>(nothing found)</li>"}</ul></figcaption></figure>')
 
 
-def render_report(run: Run, gt_dir: Path | None = None) -> str:
-    """The report page of `run` as one HTML string; with `gt_dir`, IoU per image and per class and the
-    confusion matrix (ground truth in dataset ids, as `offline-seg eval` reads it)."""
-    scores = evaluate(run.root, Path(gt_dir), run.classes, skip_missing=True) if gt_dir else None
-    per_image = {s.stem: s.miou for s in scores.images} if scores else {}
+def render_report(run: Run, scores: EvalReport | None = None) -> str:
+    """The report page of `run` as one HTML string; with `scores` (`evaluate` of the run's folder, so the
+    numbers are `eval`'s), IoU per image and per class and the confusion matrix."""
+    per_image = {s.pred_path.resolve(): s.miou for s in scores.images} if scores else {}
     stats = class_stats(run, scores)
-    cards = "".join(_card(image, per_image.get(Path(image.name).name) if scores else None) for image in run.images)
+    foreground = [s for s in stats if s.name in run.classes.foreground]  # labels an instance can have
+    cards = "".join(_card(image, per_image.get(image.mask_path.resolve()) if scores else None)
+                    for image in run.images)
     filters = "".join(
         f'<button type="button" class="filter" data-class="{html.escape(s.name)}">'
         f'<span class="swatch" style="background:{s.colour}"></span>{html.escape(s.name)} ({s.images})</button>'
-        for s in stats if s.images)
+        for s in foreground if s.images)
     sorts = ['<option value="score-desc">score, high first</option>', '<option value="score-asc">score, low first</option>']
     if scores:
         sorts = ['<option value="iou-asc">IoU, low first</option>', '<option value="iou-desc">IoU, high first</option>'] + sorts
@@ -152,7 +161,11 @@ def render_report(run: Run, gt_dir: Path | None = None) -> str:
     summary = f"{len(run.images)} image(s), {sum(len(i.instances) for i in run.images)} instance(s), " \
               f"{len(run.failures)} failure(s)"
     if scores:
-        summary += f" · mIoU {100 * scores.miou:.2f} % over {scores.num_scored} image(s) with ground truth"
+        summary += f" · {summary_line(scores)}"
+        if not scores.ok:
+            policy = "left out" if scores.skip_missing else "scored as all-background, as eval does"
+            summary += (f" ({len(scores.missing)} ground-truth image(s) without a prediction, "
+                        f"{len(scores.failed)} unusable: {policy})")
     template = Template(files("offline_seg.io").joinpath("report_template.html").read_text(encoding="utf-8"))
     return template.substitute(
         title=html.escape(f"offline_seg run: {run.root.name}"),
@@ -160,16 +173,16 @@ def render_report(run: Run, gt_dir: Path | None = None) -> str:
         filters=filters,
         sorts="".join(sorts),
         cards=cards,
-        chart_title="Per-class IoU (%)" if scores else "Share of labelled pixels per class (%) — give --gt for IoU",
-        chart=_bar_chart(stats, with_iou=scores is not None),
+        chart_title=f"Per-class IoU (%), {html.escape(scores.protocol_note)}" if scores else "Share of labelled pixels per class (%) — give --gt for IoU",
+        chart=_bar_chart(stats if scores else foreground, with_iou=scores is not None),
         confusion=_confusion_table(run, scores) if scores else "<p>Give <code>--gt DIR</code> for the confusion matrix.</p>",
         failures=f"<table><tr><th>image</th><th>reason</th></tr>{failures}</table>" if failures else "<p>None.</p>",
         settings=f"<table>{settings}</table>",
     )
 
 
-def write_report(run: Run, out: Path, gt_dir: Path | None = None) -> Path:
+def write_report(run: Run, out: Path, scores: EvalReport | None = None) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(run, gt_dir), encoding="utf-8")
+    out.write_text(render_report(run, scores), encoding="utf-8")
     return out

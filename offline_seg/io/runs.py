@@ -156,14 +156,17 @@ def check_run_classes(run_dir: Path, classes: ClassList) -> None:
 
 
 def class_list_of(record: dict[str, Any]) -> ClassList:
-    """The run's class list with its dataset ids: recorded ids, else a preset's of the same names, else
-    the class indices."""
+    """The run's class list with its dataset ids: the preset it names when names and ids match (so its
+    void ids and protocols score the run as `eval --preset` does), else the recorded ids, else the class
+    indices."""
     names = tuple(record["classes"])
     settings = record.get("settings") or {}
     ids = settings.get("class_ids")
     preset = str(settings.get("classes", "")).lower()
-    if not ids and preset in PRESETS and PRESETS[preset]().names == names:
-        ids = PRESETS[preset]().ids
+    if preset in PRESETS:
+        known = PRESETS[preset]()
+        if known.names == names and tuple(ids or known.ids) == known.ids:
+            return known
     return ClassList(names, tuple(ids or ()), name=preset or "custom")
 
 
