@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import math
 from pathlib import Path
 
@@ -232,19 +233,24 @@ def test_voc_mini_ground_truth_as_prediction_is_100(voc_mini, tmp_path):
     assert report.miou * 100 == 100.0 and report.pixel_accuracy == 1.0
 
 
-def test_a_report_inside_the_ground_truth_is_not_read_as_ground_truth(tmp_path):
-    """Ground truth scored against itself (--pred-ids) writes its report into GT/eval: a second eval must
-    not take those charts and panels for ground-truth maps."""
+def test_eval_never_writes_into_the_ground_truth_and_an_old_report_there_is_not_read(tmp_path):
+    """Ground truth scored against itself (--pred-ids) would put its report into GT/eval: refused. A report
+    left there by an earlier version (as in some shared data folders) is not taken for ground-truth maps."""
     labels = tmp_path / "labels"
     _save_gt(labels / "a.png", GT_A)
     _save_gt(labels / "b.png", GT_B)
-    for _ in range(2):
-        result = CliRunner().invoke(main, ["eval", "--pred", str(labels), "--gt", str(labels), "--pred-ids",
-                                           "--classes", "background, cat, dog"])
-        assert result.exit_code == 0, result.output
-        summary = json.loads((labels / "eval" / "summary.json").read_text())
-        assert summary["images"] == 2 and summary["miou_percent"] == 100.0
-    assert (labels / "eval" / "worst" / "01_a.png").is_file()
+    args = ["eval", "--pred", str(labels), "--gt", str(labels), "--pred-ids", "--classes", "background, cat, dog"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "ground-truth folder" in result.output
+    assert sorted(p.name for p in labels.iterdir()) == ["a.png", "b.png"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    shutil.copytree(tmp_path / "report", labels / "eval")  # an old report inside the ground truth
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert summary["images"] == 2 and summary["miou_percent"] == 100.0
+    assert (tmp_path / "again" / "worst" / "01_a.png").is_file()
 
 
 def test_nested_predictions_are_found_and_reports_are_not_read_as_predictions(tmp_path):
