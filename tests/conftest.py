@@ -214,24 +214,23 @@ def vllm_server(vllm_python, smollm2_hf_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prelabel_run(tmp_path_factory, sam_onnx_dir, voc_mini) -> Path:
-    """A real `run` for exports and the report: two VOC images segmented by the ONNX SAM from
-    ground-truth boxes, plus one unreadable file that the run records as failed."""
-    import shutil
-
+def prelabel_run(tmp_path_factory, tiny_weights) -> Path:
+    """A real `run` for exports and the report, on tiny random weights (no real asset): two synthetic scenes
+    (`plane`: aeroplane + car, `walk`: person + car) segmented from their ground-truth boxes, plus one
+    unreadable file that the run records as failed. Ground truth in `RUN/../gt`, inputs in `RUN/../in`."""
     from click.testing import CliRunner
 
     from offline_seg.cli import main
+    from scenes import write_scene
 
     root = tmp_path_factory.mktemp("prelabel")
-    inputs = root / "in"
-    inputs.mkdir()
-    for name in ("voc_0", "voc_294"):
-        shutil.copyfile(voc_mini / "JPEGImages" / f"{name}.png", inputs / f"{name}.png")
+    inputs, gt = root / "in", root / "gt"
+    write_scene(inputs, gt, "plane", {1: (8, 6, 60, 30), 7: (50, 40, 90, 66)}, seed=1)
+    write_scene(inputs, gt, "walk", {15: (10, 8, 34, 64), 7: (44, 30, 92, 60)}, seed=2)
     (inputs / "broken.jpg").write_text("not an image")
     result = CliRunner().invoke(main, [
-        "run", str(inputs), "--preset", "voc", "--segmenter", f"onnx:{sam_onnx_dir}", "--boxes", "gt",
-        "--gt", str(voc_mini / "SegmentationClass"), "--points", "0", "--out", str(root / "run"),
+        "run", str(inputs), "--preset", "voc", "--weights", str(tiny_weights), "--boxes", "gt",
+        "--gt", str(gt), "--points", "0", "--out", str(root / "run"),
     ])
     assert result.exit_code == 1 and "broken" in result.output, result.output  # exit 1: one image failed
     return root / "run"

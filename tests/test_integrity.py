@@ -26,34 +26,17 @@ from offline_seg.cli import main
 from offline_seg.engines.store import STORE_NAME
 from offline_seg.io.inputs import output_names, safe_name
 from offline_seg.io.outputs import UnsafeOutputError, output_path
+from scenes import write_scene
 
 
 def cli(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _scene(seed: int, size=(64, 48)) -> tuple[Image.Image, np.ndarray]:
-    """A picture with a cat-coloured and a dog-coloured rectangle, and its VOC ground truth (8 cat, 12 dog)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-    truth = np.zeros((height, width), np.uint8)
-    x = int(rng.integers(2, width // 3))
-    pixels[5:25, x : x + 20] = (200, 120, 40)
-    truth[5:25, x : x + 20] = 8
-    pixels[28:44, 30:60] = (40, 160, 220)
-    truth[28:44, 30:60] = 12
-    return Image.fromarray(pixels), truth
-
-
 def _write_scene(folder: Path, gt: Path, name: str, seed: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    gt.mkdir(parents=True, exist_ok=True)
-    image, truth = _scene(seed)
-    path = folder / f"{name}.png"
-    image.save(path)
-    Image.fromarray(truth, mode="L").save(gt / f"{Path(name).name}.png")
-    return path
+    """A cat rectangle (placed by `seed`) and a dog rectangle, VOC ids 8 and 12."""
+    x = 2 + (7 * seed) % 18
+    return write_scene(folder, gt, name, {8: (x, 5, x + 20, 25), 12: (30, 28, 60, 44)}, size=(64, 48), seed=seed)
 
 
 @pytest.fixture()
@@ -272,10 +255,7 @@ def test_every_setting_a_step_reads_is_in_its_key(tiny_weights, tmp_path):
             self.read.add(name)
             return getattr(self._config, name)
 
-    image, truth = _scene(3)
-    image.save(tmp_path / "x.png")
-    (tmp_path / "gt").mkdir()
-    Image.fromarray(truth, mode="L").save(tmp_path / "gt" / "x.png")
+    _write_scene(tmp_path, tmp_path / "gt", "x", 3)
     # read through methods that read declared fields only: the record's settings (informational), the
     # refiner mode (field `refiner`), the detector's description (model fields), SAM 3's thresholds
     DERIVED = {"summary", "refiner_mode", "detector_spec", "sam3_thresholds"}
@@ -471,14 +451,14 @@ def test_exports_open_right_in_the_tools(data, tiny_weights):
     for seed, name in enumerate(("a&b #1%+", "line\nbreak")):
         _write_scene(folder, data / "odd-gt", name, seed)
     rotated = folder / "rotated.jpg"
-    image, truth = _scene(5)
+    _write_scene(data / "scratch", data / "scratch-gt", "r", 5)
+    image, truth = Image.open(data / "scratch" / "r.png"), np.asarray(Image.open(data / "scratch-gt" / "r.png"))
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated by 90 degrees
     image.save(rotated, exif=exif.tobytes())
     Image.fromarray(np.rot90(truth, -1).copy(), mode="L").save(data / "odd-gt" / "rotated.png")
     classes = data / "classes.txt"
     classes.write_text("background\ncat\ntraffic light: red\n")
-    shutil.copyfile(data / "odd-gt" / "rotated.png", data / "odd-gt" / "tmp.png")
     result = cli("run", folder, "--classes", classes, "--boxes", "gt", "--gt", data / "odd-gt", "--weights",
                  tiny_weights, "--points", "0", "--out", data / "run")
     assert result.exit_code == 0, result.output

@@ -21,9 +21,9 @@ from offline_seg.cli import main
 
 
 @pytest.fixture(scope="module")
-def report(prelabel_run, voc_mini, tmp_path_factory) -> Path:
+def report(prelabel_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "report.html"
-    result = CliRunner().invoke(main, ["report", str(prelabel_run), "--gt", str(voc_mini / "SegmentationClass"),
+    result = CliRunner().invoke(main, ["report", str(prelabel_run), "--gt", str(prelabel_run.parent / "gt"),
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
@@ -37,7 +37,7 @@ def test_report_is_self_contained(report):
     assert re.findall(r"<link [^>]*>", text) == ['<link rel="icon" href="data:,">']
     assert "default-src 'none'" in text and "<script src" not in text
     assert report.stat().st_size < 2_000_000  # thumbnails, not the full images
-    for part in ("voc_0", "voc_294", "Per-class IoU", "Confusion matrix", "broken", "cannot identify image",
+    for part in ("plane", "walk", "Per-class IoU", "Confusion matrix", "broken", "cannot identify image",
                  "<th>segmenter</th>", "mIoU"):
         assert part in text, part
 
@@ -236,17 +236,17 @@ def test_report_in_headless_chromium(report, browser, tmp_path):
     assert shot.stat().st_size > 10_000
 
     visible = "Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden && c.offsetParent).map(c => c.dataset.name)"
-    assert sorted(browser.evaluate(visible)) == ["voc_0", "voc_294"]
+    assert sorted(browser.evaluate(visible)) == ["plane", "walk"]
     # the thumbnails did load, from the page itself (Chromium may report data: URIs as requests or not)
     assert browser.evaluate("Array.from(document.querySelectorAll('.card img')).every(i => i.complete && i.naturalWidth > 0"
                             " && i.src.startsWith('data:image/jpeg'))")
     browser.click('button.filter[data-class="person"]')
-    assert browser.evaluate(visible) == ["voc_294"]
+    assert browser.evaluate(visible) == ["walk"]
     assert browser.evaluate("document.getElementById('shown').textContent") == "1 of 2 shown"
     browser.click('button.filter[data-class="aeroplane"]')
-    assert browser.evaluate(visible) == ["voc_0"]
+    assert browser.evaluate(visible) == ["plane"]
     browser.click('button.filter[data-class=""]')
-    assert sorted(browser.evaluate(visible)) == ["voc_0", "voc_294"]
+    assert sorted(browser.evaluate(visible)) == ["plane", "walk"]
     # sorting by IoU reorders the gallery, low first
     order = browser.evaluate("(() => { const s = document.getElementById('sort'); s.value = 'iou-desc';"
                              " s.dispatchEvent(new Event('change')); return Array.from(document.querySelectorAll('.card'))"
