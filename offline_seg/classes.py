@@ -208,13 +208,21 @@ class ClassList:
     def __iter__(self):
         return iter(self.names)
 
+    # The one place that says which class is the background: the first, index 0 of every class map.
+    BACKGROUND_INDEX = 0
+
     @property
     def background(self) -> str:
-        return self.names[0]
+        return self.names[self.BACKGROUND_INDEX]
 
     @property
     def foreground(self) -> tuple[str, ...]:
-        return self.names[1:]
+        return tuple(self.names[i] for i in self.foreground_indices)
+
+    @property
+    def foreground_indices(self) -> tuple[int, ...]:
+        """Class-map indices of the real classes (everything but the background), in list order."""
+        return tuple(i for i in range(len(self.names)) if i != self.BACKGROUND_INDEX)
 
     def index(self, label: str) -> int:
         return self.names.index(label)

@@ -59,7 +59,7 @@ class GroundTruth:
 def labels_from_ground_truth(class_map: np.ndarray, classes: ClassList) -> list[str]:
     """The foreground classes present, in class-list order."""
     present = set(np.unique(class_map).tolist())
-    return [name for index, name in enumerate(classes.names) if index in present and index != 0]
+    return [name for index, name in zip(classes.foreground_indices, classes.foreground) if index in present]
 
 
 def boxes_from_ground_truth(class_map: np.ndarray, classes: ClassList, min_area: int = 100) -> Detections:

@@ -67,7 +67,7 @@ def export_coco(run: Run, out: Path) -> Path:
                 "score": round(instance.score, 4),
             })
     categories = [{"id": classes.ids[i], "name": name, "supercategory": "object"}
-                  for i, name in enumerate(classes.names) if i > 0]
+                  for i, name in zip(classes.foreground_indices, classes.foreground)]
     data = {"info": {"description": f"pre-labels from {run.root}", "version": _version()},
             "licenses": [], "images": images, "annotations": annotations, "categories": categories}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def labelstudio_config(run: Run) -> str:
     """The labeling config the predictions fit: one image, brush labels of the foreground classes."""
     labels = "\n".join(
         f"    <Label value={quoteattr(name)} background={quoteattr('#%02x%02x%02x' % _colour(i))}/>"
-        for i, name in enumerate(run.classes.names) if i > 0
+        for i, name in zip(run.classes.foreground_indices, run.classes.foreground)
     )
     return (f'<View>\n  <Image name="{LABEL_STUDIO_TO}" value="$image" zoom="true"/>\n'
             f'  <BrushLabels name="{LABEL_STUDIO_FROM}" toName="{LABEL_STUDIO_TO}">\n{labels}\n'
@@ -294,11 +294,12 @@ def export_yolo(run: Run, out: Path) -> Path:
         for instance in image.instances:
             for polygon in mask_polygons(instance.mask):
                 xy = np.clip(polygon / [image.width, image.height], 0.0, 1.0)
-                lines.append(" ".join([str(instance.class_index - 1)] + [f"{v:.6f}" for v in xy.ravel()]))
+                number = run.classes.foreground_indices.index(instance.class_index)
+                lines.append(" ".join([str(number)] + [f"{v:.6f}" for v in xy.ravel()]))
         label = out / "labels" / f"{image.name}.txt"
         label.parent.mkdir(parents=True, exist_ok=True)
         label.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    names = {i - 1: name for i, name in enumerate(run.classes.names) if i > 0}
+    names = dict(enumerate(run.classes.foreground))
     data = {"path": str(out.resolve()), "train": "images", "val": "images", "names": names}
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     mark_export(out)

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from pycocotools import mask as mask_utils
 
-from offline_seg.classes import voc_palette
+from offline_seg.classes import ClassList, voc_palette
 from offline_seg.errors import InvalidInputError
 from offline_seg.types import SegmentationResult
 
@@ -37,7 +37,7 @@ def render_overlay(image: Image.Image, result: SegmentationResult, alpha: float 
     the classes present, so a person can judge a result at a glance."""
     base = image.convert("RGB")
     colours = np.array(_PALETTE, dtype=np.uint8).reshape(-1, 3)[result.class_map]
-    painted = result.class_map > 0
+    painted = result.class_map != ClassList.BACKGROUND_INDEX
     pixels = np.asarray(base, dtype=np.float32)
     pixels[painted] = (1 - alpha) * pixels[painted] + alpha * colours[painted]
     blended = Image.fromarray(pixels.astype(np.uint8))
@@ -50,7 +50,7 @@ def render_overlay(image: Image.Image, result: SegmentationResult, alpha: float 
         draw.text((float(box[0]) + 3, float(box[1]) + 2), f"{label} {score:.2f}", fill=colour, font=font,
                   stroke_width=2, stroke_fill=(0, 0, 0))
 
-    present = [i for i in np.unique(result.class_map).tolist() if i > 0]
+    present = [i for i in np.unique(result.class_map).tolist() if i != ClassList.BACKGROUND_INDEX]
     entries = [(names[i], _colour(i)) for i in present] or [("(no class found)", (255, 255, 255))]
     line = font.size + 6
     legend_width = max(int(draw.textlength(name, font=font)) for name, _ in entries) + line + 16
