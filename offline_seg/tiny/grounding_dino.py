@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from offline_seg.classes import CITYSCAPES, COCO81_ENTRIES, VOC
+from offline_seg.datasets import CITYSCAPES, COCO81_ENTRIES, VOC
 
 logger = logging.getLogger(__name__)
 

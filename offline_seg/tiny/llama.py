@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from offline_seg.classes import CITYSCAPES, COCO81_ENTRIES, VOC
+from offline_seg.datasets import CITYSCAPES, COCO81_ENTRIES, VOC
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
