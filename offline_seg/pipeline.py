@@ -89,9 +89,14 @@ class PipelineConfig:
     sam3_score_threshold: float = SCORE_THRESHOLD  # defaults: SAM 3's own post-processing
     sam3_presence_threshold: float = PRESENCE_THRESHOLD
     sam3_mask_threshold: float = MASK_THRESHOLD
+    # Where the chain runs, which decides its memory plan: "local" (stage-major, models loaded and freed per
+    # chunk as the plan says) or "ray" (every model loaded at once, each in its own actor process).
+    engine: str = "local"
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
+        if self.engine not in ("local", "ray"):
+            raise InvalidInputError(f"unknown engine {self.engine!r}; choose local or ray")
         backend = parse_spec(self.segmenter, "segmenter", self.weights_dir, self.device).backend
         self.point_strategy, self.num_points = resolve_point_prompt(backend, self.point_strategy, self.num_points)
         if self.point_strategy not in STRATEGIES:
@@ -165,9 +170,10 @@ class Pipeline:
         self.chain: ChainSpec = chain or chain_spec(self.config)
         self.memory_plan = None
         if self.config.gpu_mem and chain is None:
-            from offline_seg.plan import fit_chain
+            from offline_seg.plan import PlanOptions, fit_chain
 
-            self.chain, self.memory_plan = fit_chain(self.chain, self.config.gpu_mem)
+            options = PlanOptions(per_process=self.config.engine == "ray")
+            self.chain, self.memory_plan = fit_chain(self.chain, self.config.gpu_mem, options)
         self._tagger = tagger
         self._captioner = captioner
         self._llm = llm
@@ -187,10 +193,30 @@ class Pipeline:
         texts = {"llm": c.llm, "segmenter": c.segmenter, "detector": c.detector, "embedder": c.embedder}
         return self.chain.model(stage) or parse_spec(texts.get(stage), stage, c.weights_dir, c.device)
 
-    def preflight(self) -> None:
-        """Stop before any image if a file of a configured (not injected) model is missing; names them all."""
+    def preflight(self, start: bool = True) -> None:
+        """Stop before any image if a file of a configured (not injected) model is missing; names them all.
+        With `start`, a resident LLM server the run manages (`vllm_server`) is started now, before any model
+        takes GPU memory (a swapped one starts at its first step): a server that cannot start stops the run
+        before the first image."""
         extra = [self.model_spec("embedder")] if self.uses_embedder and "embedder" not in self._injected else []
         self.chain.preflight(self.config.weights_dir, skip=self._injected, extra=extra)
+        llm = self.chain.model("llm")
+        if start and llm is not None and llm.backend == "vllm_server" and llm.resident and "llm" not in self._injected:
+            self.llm.start()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Release what outlives a call: an LLM server this pipeline started is stopped (also at interpreter
+        exit, and by its watchdog if the process dies). Injected stages are the caller's."""
+        if self._llm is not None and "llm" not in self._injected:
+            closer = getattr(self._llm, "close", None)
+            if callable(closer):
+                closer()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def uses_embedder(self) -> bool:
@@ -294,6 +320,8 @@ class Pipeline:
                      "segmenter": "_segmenter", "llm": "_llm"}[stage]
         if stage in self._injected:
             return
+        if stage == "llm":
+            self.close()  # a server process gives all of its memory back only when it stops
         setattr(self, attribute, None)
         if stage == "llm":
             self._refiner = None

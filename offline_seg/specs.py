@@ -32,15 +32,21 @@ STEP_MODELS = {"tag": "tagger", "caption": "captioner", "labels": "llm", "detect
 BACKENDS: dict[str, tuple[str, ...]] = {
     "tagger": ("ram_plus",),
     "captioner": ("blip2",),
-    "llm": ("transformers", "vllm", "openai"),
+    # vllm_server: a vLLM OpenAI-compatible server that the run starts from vLLM's own venv and stops at its end
+    "llm": ("transformers", "vllm_server", "vllm", "openai"),
     "detector": ("grounding_dino", "sam3"),  # sam3: detects and segments (its masks are final)
     "segmenter": ("sam", "onnx"),
     "embedder": ("minilm",),  # refinement's sentence embedder: small (90 MB), left out of the memory plan
 }
-COMPONENTS = {"ram_plus": "ram_plus", "blip2": "blip2", "transformers": "llm", "vllm": "llm",
+COMPONENTS = {"ram_plus": "ram_plus", "blip2": "blip2", "transformers": "llm", "vllm": "llm", "vllm_server": "llm",
               "grounding_dino": "grounding_dino", "sam": "sam", "onnx": "sam_onnx", "sam3": "sam3",
               "minilm": "embedder"}
-_KIND_ALIASES = {"grounding-dino": "grounding_dino"}  # the spelling of the detector's CLI help
+_KIND_ALIASES = {"grounding-dino": "grounding_dino", "vllm-server": "vllm_server"}  # CLI spellings
+# The LLM on a CUDA device is, unless named otherwise, a vLLM server the run manages: vLLM pins its own torch
+# and transformers, so it lives in its own venv (README, "A GPU workstation"); a .gguf file stays with
+# transformers (vLLM does not read GGUF).
+CUDA_LLM_KIND = "vllm_server"
+VLLM_BACKENDS = ("vllm", "vllm_server")
 OFF_GPU_BACKENDS = ("onnx", "openai")  # ONNX Runtime on the CPU; a server in another process/host
 DTYPES = ("fp32", "fp16", "bf16")
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "auto": None, "": None}
@@ -51,11 +57,15 @@ _QUANT_ALIASES = {"8bit": "int8", "4bit": "int4", "nf4": "int4", "none": None, "
 BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "transformers": ("batch_size",),
     "vllm": ("tensor_parallel_size", "enforce_eager"),
+    # python: the vLLM venv's interpreter; port: 127.0.0.1:PORT (0: any free one); startup_timeout in s
+    "vllm_server": ("python", "port", "startup_timeout", "enforce_eager", "concurrency", "timeout", "retries"),
     "openai": ("model", "constraint", "concurrency", "timeout", "retries", "allow_remote"),
     "blip2": ("batch_size",),
     "ram_plus": ("batch_size",),
 }
 COMMON_KEYS = ("device", "dtype", "quantization", "gpu_memory_utilization", "max_model_len")
+# Options that say where and how a model runs, not what it answers: left out of a spec's result key.
+_PLACEMENT_OPTIONS = ("python", "port", "startup_timeout", "concurrency", "timeout", "retries")
 
 
 def _normalise(value: str | None, aliases: dict[str, str | None], allowed: tuple[str, ...], what: str) -> str | None:
@@ -108,6 +118,18 @@ class ModelSpec:
         return dict(self.options)
 
     @property
+    def is_vllm(self) -> bool:
+        """Served by vLLM (in-process or a server this run manages): its quantization names, its memory share."""
+        return self.backend in VLLM_BACKENDS
+
+    def with_options(self, **options: str | None) -> ModelSpec:
+        """This spec with backend options set (None removes one), e.g. a server's port."""
+        merged = {**self.option_dict, **{k: str(v) for k, v in options.items() if v is not None}}
+        for key in (k for k, v in options.items() if v is None):
+            merged.pop(key, None)
+        return replace(self, options=tuple(sorted(merged.items())))
+
+    @property
     def checkpoint_quantization(self) -> str | None:
         """The method of a pre-quantized checkpoint (`quantization_config.quant_method` in its config.json,
         e.g. awq or gptq), which loaders take as it is; None for a plain checkpoint."""
@@ -146,7 +168,8 @@ class ModelSpec:
         """What results made with this model are stored under: the spec with its path resolved. Residency,
         device and the vLLM memory share do not change results and are left out."""
         path = self.path if self.backend == "openai" else str(Path(self.path).resolve())
-        return replace(self, path=path, gpu_memory_utilization=None).text()
+        kept = tuple((k, v) for k, v in self.options if k not in _PLACEMENT_OPTIONS)
+        return replace(self, path=path, gpu_memory_utilization=None, options=kept).text()
 
     def with_choices(self, **changes: Any) -> ModelSpec:
         """This spec with a plan's choices; fields the user set explicitly are kept."""
@@ -166,11 +189,12 @@ def parse_spec(text: str | Path | None, stage: str, weights_dir: Path | str = Pa
     kind, colon, target = head.partition(":")
     kind = _KIND_ALIASES.get(kind, kind)
     head = _KIND_ALIASES.get(head, head)
+    placed = dict(parse_qsl(query, keep_blank_values=True)).get("device", device)  # `?device=` decides the kind too
     if not colon:
-        kind, target = (head, "") if head in kinds or not head else (kinds[0], head)
+        kind, target = (head, "") if head in kinds or not head else ("", head)
     elif len(kind) == 1:  # a Windows drive letter: a bare path
-        kind, target = kinds[0], head
-    kind = kind or kinds[0]
+        kind, target = "", head
+    kind = kind or default_kind(stage, placed, target)
     if kind not in kinds:
         raise InvalidInputError(f"unknown {stage} backend {kind!r} in {raw!r}; available: {', '.join(kinds)}")
     if not target:
@@ -279,6 +303,14 @@ class ChainSpec:
             raise MissingWeightsError.of(missing, weights_dir=weights_dir)
 
 
+def default_kind(stage: str, device: str = "cpu", target: str = "") -> str:
+    """The backend a description without a kind names: the stage's first, but for the LLM on a CUDA device a
+    vLLM server the run manages (a `.gguf` file: transformers, which reads it)."""
+    if stage == "llm" and device.startswith("cuda") and not target.endswith(".gguf"):
+        return CUDA_LLM_KIND
+    return BACKENDS[stage][0]
+
+
 def chain_spec(config: Any) -> ChainSpec:
     """The one place that decides, from a `PipelineConfig`, which steps run and which models load."""
     weights, device = config.weights_dir, config.device
@@ -322,4 +354,5 @@ def _quant_spec(quantization: str | None) -> str | None:
     return None if quantization is None else f"blip2?quantization={quantization}"
 
 
-__all__ = ["BACKENDS", "ChainSpec", "MODELS", "ModelSpec", "STEPS", "STEP_MODELS", "chain_spec", "is_sam3", "parse_spec"]
+__all__ = ["BACKENDS", "ChainSpec", "MODELS", "ModelSpec", "STEPS", "STEP_MODELS", "chain_spec", "default_kind", "is_sam3",
+           "parse_spec"]

@@ -86,8 +86,12 @@ def test_spec_options_and_errors(tmp_path):
         load_llm(f"vllm:{tmp_path}?max_model_len=lots")
     with pytest.raises(InvalidInputError, match="quantization"):
         load_llm(f"vllm:{tmp_path}?quantization=int3")
-    with pytest.raises(InvalidInputError, match="available: transformers, vllm, openai"):
+    with pytest.raises(InvalidInputError, match="available: transformers, vllm_server, vllm, openai"):
         load_llm("llamafile:x")
+    served = load_llm(f"vllm-server:{tmp_path}?port=8123&startup_timeout=30&concurrency=4")  # nothing starts
+    assert (served.spec.backend, served.startup_timeout, served.server) == ("vllm_server", 30.0, None)
+    with pytest.raises(InvalidInputError, match="bad option"):
+        load_llm(f"vllm_server:{tmp_path}?port=eighty")
 
 
 def test_constraint_helpers():

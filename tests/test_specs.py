@@ -87,7 +87,7 @@ def test_the_plan_plans_the_llm_as_described(tmp_path):
 
 
 def test_gpu_mem_picks_precision_and_the_description_records_it(tmp_path):
-    config = PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem="8GiB")
+    config = PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem="8GiB", llm="transformers:")
     pipeline = Pipeline(config)  # nothing loads yet: the description is decided up front
     plan = pipeline.memory_plan
     assert plan.fits and plan.stage("captioner").precision == "int8/fp16"
@@ -96,6 +96,13 @@ def test_gpu_mem_picks_precision_and_the_description_records_it(tmp_path):
     assert set(pipeline.chain.swapped) == set(plan.swapped_stages) and pipeline.chain.swapped
     roomy = Pipeline(PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem="24GiB"))
     assert roomy.chain.model("captioner").quantization is None and roomy.chain.swapped == ()
+    # the CUDA default, a vLLM server the run manages: on 8 GiB it cannot stay beside the vision models, so
+    # it stops after each LLM step and starts again (with the plan's share of the card)
+    served = Pipeline(PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem="8GiB"))
+    llm = served.chain.model("llm")
+    assert (llm.backend, llm.resident, llm.quantization) == ("vllm_server", False, "bitsandbytes")
+    assert llm.gpu_memory_utilization == served.memory_plan.vllm_gpu_memory_utilization and llm.max_model_len == 2048
+    assert served.memory_plan.fits and served.memory_plan.options.llm_restart
 
 
 def test_explicit_choices_win_and_a_chain_that_cannot_fit_names_the_cheapest_change(tmp_path):

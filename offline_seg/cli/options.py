@@ -134,10 +134,16 @@ def _build_config(
     sam3_score_threshold=SCORE_THRESHOLD,
     sam3_presence_threshold=PRESENCE_THRESHOLD,
     sam3_mask_threshold=MASK_THRESHOLD,
+    engine="local",
 ):
-    """The PipelineConfig the shared segment/run options describe."""
+    """The PipelineConfig the shared segment/run options describe. On a CUDA device without --gpu-mem the plan
+    is made for the card's free memory (the local engine: a Ray cluster's cards are not this one)."""
     from offline_seg.pipeline import PipelineConfig
 
+    if gpu_mem is None and device.startswith("cuda") and engine == "local":
+        from offline_seg.gpus import free_memory_size
+
+        gpu_mem = free_memory_size(device)
     class_list = _class_list(preset, classes)
     oracle_labels = labels is not None and labels.strip().lower() == "gt"
     if (oracle_labels or boxes == "gt") and gt_dir is None:
@@ -178,6 +184,7 @@ def _build_config(
         sam3_score_threshold=sam3_score_threshold,
         sam3_presence_threshold=sam3_presence_threshold,
         sam3_mask_threshold=sam3_mask_threshold,
+        engine=engine,
     )
 
 
@@ -193,7 +200,7 @@ def _echo_plan(pipeline) -> None:
     plan = pipeline.memory_plan
     if plan is None:
         return
-    click.echo(f"memory plan for {plan.gpu_bytes / 2**30:.0f} GiB: peak {plan.peak_bytes / 2**30:.2f} GiB; "
+    click.echo(f"memory plan for {plan.gpu_bytes / 2**30:.1f} GiB: peak {plan.peak_bytes / 2**30:.2f} GiB; "
                f"resident: {', '.join(plan.resident_stages) or 'none'}; "
                f"per chunk: {', '.join(plan.swapped_stages) or 'none'}")
     for model in pipeline.chain.models:

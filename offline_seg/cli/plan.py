@@ -18,8 +18,11 @@ from offline_seg.cli.common import _go_offline, _setup_logging, main
               "choice (int4, or what a pre-quantized AWQ/GPTQ checkpoint carries).")
 @click.option("--captioner-quant", type=click.Choice(["none", "int8", "int4"]),
               help="BLIP-2 weight quantization; default: the plan's choice (none, then int8, then int4).")
-@click.option("--llm-backend", type=click.Choice(["transformers", "vllm"]), default="transformers",
-              show_default=True, help="vllm: a resident server process; prints its --gpu-memory-utilization.")
+@click.option("--llm-backend", type=click.Choice(["vllm-server", "transformers", "vllm"]), default="vllm-server",
+              show_default=True, help="vllm-server: the server a CUDA run starts (the default; prints its "
+              "--gpu-memory-utilization); transformers: in-process, bitsandbytes 4-bit; vllm: vLLM in-process.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: every model stays loaded in its own actor process, all at once (one CUDA context each).")
 @click.option("--llm", "llm_spec", help="The LLM's description as `run --llm` takes it (overrides --llm-backend).")
 @click.option("--segmenter", help="The segmenter's description as `run --segmenter` takes it.")
 @click.option("--llm-seqs", type=click.IntRange(min=1), default=8, show_default=True,
@@ -34,7 +37,7 @@ from offline_seg.cli.common import _go_offline, _setup_logging, main
 @click.option("-v", "--verbose", count=True)
 def plan_command(gpu_mem: str, dtype: str, llm_quant: str | None, captioner_quant: str | None, llm_backend: str,
                  llm_spec: str | None, segmenter: str | None, llm_seqs: int, llm_context: int, weights_dir: Path,
-                 all_cards: bool, verbose: int, detector: str | None = None) -> None:
+                 all_cards: bool, verbose: int, detector: str | None = None, engine: str = "local") -> None:
     """GPU memory plan: per-stage weights and activations from the full-size architectures (built on the
     meta device, no weights needed), which stages stay resident, the load order and the peak.
 
@@ -47,12 +50,12 @@ def plan_command(gpu_mem: str, dtype: str, llm_quant: str | None, captioner_quan
                                   plan_chain, profile_all, stage_specs)
     from offline_seg.specs import chain_spec
 
-    llm = llm_spec or (f"vllm:{weights_dir / 'llm'}" if llm_backend == "vllm" else None)
+    llm = llm_spec or f"{llm_backend.replace('-', '_')}:{weights_dir / 'llm'}"
     if llm_quant is not None:
-        llm = f"{llm or weights_dir / 'llm'}{'&' if llm and '?' in llm else '?'}quantization={llm_quant}"
+        llm = f"{llm}{'&' if '?' in llm else '?'}quantization={llm_quant}"
     chain = chain_spec(PipelineConfig(weights_dir=weights_dir, device="cuda", llm=llm, segmenter=segmenter,
-                                      captioner_quant=captioner_quant, detector=detector))
-    options = PlanOptions(dtype=dtype, llm_sequences=llm_seqs, llm_context=llm_context)
+                                      captioner_quant=captioner_quant, detector=detector, refiner="hybrid"))
+    options = PlanOptions(dtype=dtype, llm_sequences=llm_seqs, llm_context=llm_context, per_process=engine == "ray")
     try:
         _, plan = fit_chain(chain, gpu_mem, options)
         failure = None

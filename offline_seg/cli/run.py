@@ -50,7 +50,7 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
 
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
-    base = _build_config(**options)
+    base = _build_config(engine=engine, **options)
     rows = list(ABLATIONS) if "all" in ablations else list(ablations)
     for row in rows:
         if row not in ABLATIONS:
@@ -79,6 +79,7 @@ def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: t
         else:
             runner = BatchRunner(pipeline, row_out, chunk_size=chunk_size, retry_failed=retry_failed)
         summary = runner.run(images, root=root)
+        pipeline.close()  # stops an LLM server it started (a crash or Ctrl-C: at exit, or by its watchdog)
         click.echo(summary.table())
         say(f"{summary.done} of {summary.images} images done -> {row_out}"
             + (f" ({len(summary.failed)} failed)" if summary.failed else ""))

@@ -46,6 +46,7 @@ def _run_segment(images: Sequence[Path], *, out_dir: Path, verbose: int, input_d
     _echo_plan(pipeline)
     runner = BatchRunner(pipeline, out_dir, chunk_size=1, progress=len(images) > 1, retry_failed=True)
     summary = runner.run(images)
+    pipeline.close()  # stops an LLM server it started (a crash or Ctrl-C: at exit, or by its watchdog)
     for name in output_names(images):
         if name in summary.written:
             found = sorted(set(summary.written[name]))

@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,7 +78,11 @@ class BatchRunner:
         self.progress = progress
         self.swapped = set(pipeline.chain.swapped if swapped is None else swapped)
         self.steps = Steps(pipeline)
-        self.keys = StepKeys(pipeline)
+
+    @cached_property
+    def keys(self) -> StepKeys:
+        """Each step's store key, made on first use (Ray's workers compute and never look up: no hashing there)."""
+        return StepKeys(self.pipeline)
 
     def run(self, images: Sequence[Path], root: Path | None = None) -> RunSummary:
         from tqdm import tqdm

@@ -16,7 +16,8 @@ def _flag(value: str) -> bool:
 
 def load_llm(spec: str | Path | ModelSpec, *, device: str = "cpu") -> LLM:
     """Build a backend from its description: a `ModelSpec`, or the `kind:PATH?key=value` text
-    `offline_seg.specs.parse_spec` reads: `transformers:DIR_OR_GGUF` (also a bare path), `vllm:DIR`,
+    `offline_seg.specs.parse_spec` reads: `transformers:DIR_OR_GGUF` (a bare path on a CPU), `vllm_server:DIR`
+    (a server this process starts and stops; a bare path on CUDA), `vllm:DIR` (in-process),
     `openai:http://127.0.0.1:8000/v1`, e.g. `vllm:DIR?gpu_memory_utilization=0.4&quantization=awq`."""
     from offline_seg.specs import parse_spec
 
@@ -28,6 +29,10 @@ def load_llm(spec: str | Path | ModelSpec, *, device: str = "cpu") -> LLM:
 
             return TransformersLLM(Path(model.path), device=model.device, quantization=model.quantization,
                                    batch_size=int(options.get("batch_size", 8)), dtype=model.torch_dtype())
+        if model.backend == "vllm_server":
+            from offline_seg.llm.vllm_server_backend import ManagedVllmLLM
+
+            return ManagedVllmLLM(model)
         if model.backend == "vllm":
             from offline_seg.llm.vllm_backend import VllmLLM
 

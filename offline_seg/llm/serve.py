@@ -1,6 +1,8 @@
-"""The vLLM server command line from a GPU memory share, and a local server process with a health wait.
+"""The vLLM server command line from a GPU memory share, and a local server process with a health wait that
+cannot outlive this process (a watchdog stops its whole process group).
 
-Standard library only: used by `offline-seg llm serve`, the tests and `scripts/bench_llm.py`.
+Standard library only: used by `offline-seg llm serve`, the managed server of a run (`vllm_server_backend`),
+the tests and `scripts/bench_llm.py`.
 """
 
 from __future__ import annotations
@@ -8,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -71,6 +75,7 @@ class ServeOptions:
     quantization: str | None = None
     enforce_eager: bool = False
     served_model_name: str | None = None
+    dtype: str | None = None  # vLLM's name: float16, bfloat16, float32; None: the model's own
     python: str = "python"
     extra: Sequence[str] = field(default_factory=tuple)
 
@@ -87,6 +92,8 @@ class ServeOptions:
         ]
         if self.quantization:
             argv += ["--quantization", self.quantization]
+        if self.dtype:
+            argv += ["--dtype", self.dtype]
         if self.enforce_eager:
             argv.append("--enforce-eager")
         if self.served_model_name:
@@ -104,34 +111,69 @@ def cpu_environment(threads: int | None = None) -> dict[str, str]:
     }
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on host:port (a connect, not a bind: a port in TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS's pick)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+WATCHDOG = Path(__file__).with_name("watchdog.py")
+
+
 class ServerProcess:
-    """A server started in its own process group, ready once `/health` answers; stopped by its PID.
-    It runs with `OFFLINE_ENV` on top of this process's environment and `env`."""
+    """A server started under a watchdog (`watchdog.py`, in a session and process group of its own), ready
+    once `/health` answers. It runs with `OFFLINE_ENV` on top of this process's environment and `env`.
+
+    `stop()` ends it; so does this process's end in any way (an exception, Ctrl-C, SIGTERM, a crash, kill -9):
+    the watchdog's lifeline is a pipe only this process holds, and when it closes the watchdog stops the
+    whole group, the server's engine processes included, so no orphan keeps GPU memory.
+    """
 
     def __init__(self, command: Sequence[str], base_url: str, *, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, grace: float = 20.0) -> None:
         self.command = list(command)
         self.base_url = base_url.rstrip("/")
         self.env = env
         self.log = log
-        self.process: subprocess.Popen | None = None
+        self.grace = grace
+        self.process: subprocess.Popen | None = None  # the watchdog; its pid is the group's id
         self.startup_s: float | None = None
         self._log_file: IO[bytes] | None = None
+        self._lifeline: int | None = None
+
+    @property
+    def group(self) -> int | None:
+        """The process group of the watchdog, the server and everything the server started."""
+        return self.process.pid if self.process is not None else None
 
     def start(self, timeout: float = 300.0) -> ServerProcess:
         started = time.monotonic()
-        self._log_file = open(self.log, "wb") if self.log else None  # noqa: SIM115 - closed in stop()
+        self._log_file = open(self.log, "ab") if self.log else None  # noqa: SIM115 - closed in stop()
         output = self._log_file or subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            self.command, env={**os.environ, **(self.env or {}), **OFFLINE_ENV}, stdout=output, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+        read_end, self._lifeline = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, str(WATCHDOG), "--grace", f"{self.grace:g}", "--", *self.command],
+                env={**os.environ, **(self.env or {}), **OFFLINE_ENV}, stdout=output, stderr=subprocess.STDOUT,
+                stdin=read_end, start_new_session=True,
+            )
+        finally:
+            os.close(read_end)
         health = self.base_url.removesuffix("/v1") + "/health"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 self.stop()
-                raise OfflineSegError(f"LLM server exited with code {self.process.returncode}; log: {self.log}")
+                raise OfflineSegError(f"the LLM server exited with code {self.process.returncode} before it was "
+                                      f"ready{self._log_tail()}")
             try:
                 with opener.open(health, timeout=2) as response:
                     if response.status == 200:
@@ -142,15 +184,28 @@ class ServerProcess:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise OfflineSegError(f"LLM server not ready after {timeout:.0f} s; log: {self.log}")
+        raise OfflineSegError(f"the LLM server was not ready after {timeout:.0f} s{self._log_tail()}")
 
-    def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM to the server's own process group (its engine workers too), SIGKILL after `grace`."""
+    def _log_tail(self, lines: int = 5) -> str:
+        """The last lines of the server's log, for an error message."""
+        if self.log is None or not Path(self.log).is_file():
+            return ""
+        tail = Path(self.log).read_text(errors="replace").strip().splitlines()[-lines:]
+        return f"; log {self.log}, last lines: " + " | ".join(line.strip() for line in tail)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Close the lifeline: the watchdog stops the group (SIGTERM, SIGKILL after `grace`); SIGKILL to the
+        group here if the watchdog itself does not end in time."""
         process = self.process
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(grace)
+                process.wait(self.grace + 10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

@@ -93,8 +93,9 @@ class TransformersLLM:
             except ImportError as error:  # e.g. an AWQ/GPTQ checkpoint without its kernel package
                 raise OfflineSegError(
                     f"cannot load the LLM in {directory} with transformers: {error}. A pre-quantized AWQ/GPTQ "
-                    f"checkpoint (the default `llm`) is served by vLLM as it is: --llm vllm:{directory}; or pull "
-                    "`llm_bf16` and use --llm WEIGHTS/llm_bf16 (bitsandbytes 4-bit in flight)") from error
+                    f"checkpoint (the default `llm`) is served by vLLM as it is: --llm vllm_server:{directory} (the "
+                    "default on --device cuda); or pull `llm_bf16` and use --llm transformers:WEIGHTS/llm_bf16 "
+                    "(bitsandbytes 4-bit in flight)") from error
             if bits is None:
                 model.to(self.device)
             model.eval()

@@ -34,7 +34,7 @@ def chain_options(chain: Any, options: PlanOptions | None = None) -> PlanOptions
         elif method in ("awq", "gptq"):
             fixed_quant.append((model.stage, method))
     llm = chain.model("llm")
-    backend = llm.backend if llm is not None and llm.backend == "vllm" else "transformers"
+    backend = {"vllm": "vllm", "vllm_server": "vllm-server"}.get(llm.backend if llm is not None else "", "transformers")
     return replace(options, fixed_dtype=tuple(fixed_dtype), fixed_quant=tuple(fixed_quant), llm_backend=backend)
 
 
@@ -61,6 +61,11 @@ def fit_chain(chain: Any, gpu_bytes: int | str, options: PlanOptions | None = No
     plan = make_plan(profiles, gpu, options, steps=steps, suggest=False)
     if not plan.fits:
         cut = _downgrades(profiles, gpu, options, steps, cuts_only=True)
+        if cut is None and options.llm_backend == "vllm-server" and not options.per_process:
+            # a small card: the LLM server stops after each of its steps and starts again at the next
+            restart = replace(options, llm_restart=True)
+            fits = make_plan(profiles, gpu, restart, steps=steps, suggest=False).fits
+            cut = restart if fits else _downgrades(profiles, gpu, restart, steps, cuts_only=True)
         if cut is None:
             raise PlanError(_no_fit_message(chain, profiles, gpu, options, steps, plan))
         options = cut
@@ -70,9 +75,12 @@ def fit_chain(chain: Any, gpu_bytes: int | str, options: PlanOptions | None = No
 
 def _no_fit_message(chain: Any, profiles: Sequence[StageProfile], gpu: int, options: PlanOptions,
                     steps: Sequence[str], plan: MemoryPlan) -> str:
-    head = (f"the chain does not fit a {gpu / GiB:.0f} GiB card: peak {plan.peak_bytes / GiB:.2f} GiB at "
+    where = " with every model loaded at once in its own process (the Ray engine)" if options.per_process else ""
+    head = (f"the chain does not fit a {gpu / GiB:.0f} GiB card{where}: peak {plan.peak_bytes / GiB:.2f} GiB at "
             f"{plan.peak_step}, before any image was processed.")
     fixes = _downgrades(profiles, gpu, options.unfixed(), steps)
+    if not fixes and options.llm_backend == "vllm-server" and not options.per_process:
+        fixes = _downgrades(profiles, gpu, replace(options.unfixed(), llm_restart=True), steps)
     if fixes:
         return f"{head} Cheapest change that fits: {', '.join(fixes)} (your explicit precision options prevent it)."
     if any(p.name == "llm" for p in profiles):
@@ -96,7 +104,7 @@ def apply_plan(chain: Any, plan: MemoryPlan) -> Any:
         stage = plan.stage(model.stage)
         dtype, quant = plan.options.precision(model.stage)
         changes: dict[str, Any] = {"dtype": dtype, "quantization": None if quant == "none" else quant}
-        if model.backend == "vllm":
+        if model.is_vllm:
             method = model.checkpoint_quantization
             changes["quantization"] = method if method in ("awq", "gptq") else (
                 "bitsandbytes" if quant == "int4" else "fp8" if quant == "int8" else None)

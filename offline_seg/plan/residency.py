@@ -11,7 +11,10 @@ from offline_seg.errors import InvalidInputError
 from offline_seg.plan.allowances import (
     CHAIN, CUDA_CONTEXT_BYTES, DTYPE_BYTES, GiB, LLM_CONTEXT, LLM_SEQUENCES, STEP_NAMES, VLLM_MAX_MODEL_LEN,
 )
+from offline_seg.plan.shares import cards_needed, share_of
 from offline_seg.plan.sizes import StageProfile
+
+LLM_BACKENDS = ("transformers", "vllm", "vllm-server")
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,16 @@ class PlanOptions:
     captioner_quant: str = "none"
     llm_sequences: int = LLM_SEQUENCES
     llm_context: int = LLM_CONTEXT
-    llm_backend: str = "transformers"  # or "vllm": a separate process, resident for the whole run
+    # "vllm": in-process vLLM, whose engine runs in a child process (its own CUDA context), resident for the
+    # run; "vllm-server": a vLLM server the run manages, the same on the card, and stoppable (see llm_restart)
+    llm_backend: str = "transformers"
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES
+    # vllm-server only: may stop after each LLM step and start again at the next (a server gives all of its
+    # memory back when it stops). Chosen only when nothing fits with it resident: every start takes a while.
+    llm_restart: bool = False
+    # Every model resident in a process of its own, all at once (the Ray engine: one actor per model stage,
+    # each with its CUDA context, all running together): the card holds the sum of their footprints.
+    per_process: bool = False
     # Per-stage choices a plan must not change: a model description's explicit dtype / quantization,
     # or a pre-quantized checkpoint's method. (stage, value) pairs.
     fixed_dtype: tuple[tuple[str, str], ...] = ()
@@ -73,6 +84,7 @@ class MemoryPlan:
     llm_sequences: int  # may be below options.llm_sequences when the LLM step alone did not fit
     suggestions: tuple[str, ...] = ()
     vllm_gpu_memory_utilization: float | None = None
+    cards: int = 1  # per_process: the cards one process of each model packs onto
 
     @property
     def resident_stages(self) -> tuple[str, ...]:
@@ -88,6 +100,12 @@ class MemoryPlan:
     @property
     def verdict(self) -> str:
         gib = f"{self.peak_bytes / GiB:.2f} of {self.gpu_bytes / GiB:.0f} GiB"
+        if self.options.per_process:
+            if not self.fits:
+                hint = f"; try: {', '.join(self.suggestions)}" if self.suggestions else ""
+                return f"does NOT fit: a model's process alone is larger than a {self.gpu_bytes / GiB:.0f} GiB card{hint}"
+            return (f"fits: one process per model, {self.peak_bytes / GiB:.2f} GiB together, on {self.cards} "
+                    f"card{'s' if self.cards > 1 else ''} of {self.gpu_bytes / GiB:.0f} GiB")
         if not self.fits:
             hint = f"; try: {', '.join(self.suggestions)}" if self.suggestions else "; no downgrade makes it fit"
             return f"does NOT fit: peak {gib} at {self.peak_step}{hint}"
@@ -144,6 +162,14 @@ def _choose(sizes: dict[str, tuple[int, int]], uses: dict[str, int], steps: Sequ
     return best[2], best[3], best[4]
 
 
+def _fits(sizes: dict[str, tuple[int, int]], peak: int, gpu_bytes: int, options: PlanOptions) -> bool:
+    """On one card: the peak fits. Every model in its own process (Ray): each process fits a card (a set of
+    them may take several; `MemoryPlan.cards` says how many)."""
+    if options.per_process:
+        return max((weights for weights, _ in sizes.values()), default=0) <= gpu_bytes
+    return peak <= gpu_bytes
+
+
 def make_plan(profiles: Sequence[StageProfile], gpu_bytes: int, options: PlanOptions | None = None,
               *, steps: Sequence[str] | None = None, suggest: bool = True) -> MemoryPlan:
     """Residency and load order of `profiles` on a card of `gpu_bytes`.
@@ -151,28 +177,34 @@ def make_plan(profiles: Sequence[StageProfile], gpu_bytes: int, options: PlanOpt
     `steps` are the chain steps that run (names of STEP_NAMES); default: every step of a profiled stage.
     """
     options = options or PlanOptions()
-    if options.llm_backend not in ("transformers", "vllm"):
-        raise InvalidInputError(f"llm backend must be transformers or vllm, not {options.llm_backend!r}")
+    if options.llm_backend not in LLM_BACKENDS:
+        raise InvalidInputError(f"llm backend must be one of {', '.join(LLM_BACKENDS)}, not {options.llm_backend!r}")
     uses = {p.name: p.uses for p in profiles}
     chain = [(step, name) for step, name in zip(STEP_NAMES, CHAIN)
              if name in uses and (steps is None or step in steps)]
-    vllm = options.llm_backend == "vllm" and "llm" in uses
-    forced = frozenset({"llm"}) if vllm else frozenset()
-    context = options.cuda_context_bytes * (2 if vllm else 1)
+    vllm = options.llm_backend in ("vllm", "vllm-server") and "llm" in uses
+    forced = frozenset({"llm"}) if vllm and not (options.llm_backend == "vllm-server" and options.llm_restart) \
+        else frozenset()
+    context = options.cuda_context_bytes
+    if options.per_process:  # every model in its own process, all loaded together
+        forced, context = frozenset(uses), 0
     requested = max(1, options.llm_sequences)
     candidates = [requested >> i for i in range(requested.bit_length())] if "llm" in uses else [requested]
     attempts = []
     for sequences in candidates:  # halve the LLM's batch only when nothing fits at the requested one
         sizes = {p.name: _stage_sizes(p, options, sequences) for p in profiles}
-        if vllm:  # its KV cache and workspace stay allocated for the whole run
-            weights, act = sizes["llm"]
-            sizes["llm"] = (weights + act, 0)
+        for name, (weights, act) in sizes.items():
+            if options.per_process or (vllm and name == "llm"):
+                # a process of its own: its CUDA context, and (vLLM's KV cache) its workspace held while it lives
+                sizes[name] = (weights + act + options.cuda_context_bytes, 0)
         attempts.append((sequences, sizes, *_choose(sizes, uses, chain, gpu_bytes, context, forced)))
-        if attempts[-1][3] <= gpu_bytes:
+        if _fits(attempts[-1][1], attempts[-1][3], gpu_bytes, options):
             break
-    if attempts[-1][3] > gpu_bytes:
+    if not _fits(attempts[-1][1], attempts[-1][3], gpu_bytes, options):
         attempts = attempts[:1]  # fewer sequences did not help: report the requested batch
     sequences, sizes, resident, peak, at = attempts[-1]
+    if options.per_process:
+        at = "all stages at once"
     order = [p.name for p in profiles if p.name in resident] + [p.name for p in profiles if p.name not in resident]
     stages = []
     for p in profiles:
@@ -184,14 +216,19 @@ def make_plan(profiles: Sequence[StageProfile], gpu_bytes: int, options: PlanOpt
             weights_bytes=weights, activation_bytes=act, resident=p.name in resident, uses=p.uses,
             load_order=order.index(p.name) + 1,
         ))
-    fits = peak <= gpu_bytes
+    fits = _fits(sizes, peak, gpu_bytes, options)
     utilization = None
-    if vllm:
-        utilization = round(min(0.95, (sizes["llm"][0] + options.cuda_context_bytes) / gpu_bytes + 0.005), 2)
+    if vllm:  # the share of the card its process may claim: weights, KV cache, workspace and CUDA context
+        utilization = round(min(0.95, sizes["llm"][0] / gpu_bytes + 0.005), 2)
+    cards = 1
+    if options.per_process:
+        shares = [utilization if name == "llm" and utilization else share_of(size, gpu_bytes)
+                  for name, (size, _) in sizes.items()]
+        cards = cards_needed(shares)
     plan = MemoryPlan(
         gpu_bytes=gpu_bytes, options=options, stages=tuple(stages),
         steps=tuple(step for step, _ in chain), peak_bytes=peak, peak_step=at, fits=fits,
-        llm_sequences=sequences, vllm_gpu_memory_utilization=utilization,
+        llm_sequences=sequences, vllm_gpu_memory_utilization=utilization, cards=cards,
     )
     if not fits and suggest:
         plan = replace(plan, suggestions=_downgrades(profiles, gpu_bytes, options.unfixed(), plan.steps))

@@ -25,16 +25,23 @@ def format_plan(plan: MemoryPlan) -> str:
         residency = "resident" if s.resident else "swapped"
         lines.append(f"{s.name:10} {s.description[:22]:22} {s.params:>14,} {s.precision:10} {_gib(s.weights_bytes):>8} "
                      f"{_gib(s.activation_bytes):>8} {residency:9} {s.load_order:>4}")
-    lines.append(f"{'context':10} {'CUDA context':22} {'':>14} {'':10} {'':>8} "
-                 f"{_gib(plan.options.cuda_context_bytes):>8}")
+    vllm = plan.vllm_gpu_memory_utilization is not None
+    processes = len(plan.stages) if plan.options.per_process else 1 + vllm
+    what = "CUDA context" + (f" x {processes}" if processes > 1 else "")
+    lines.append(f"{'context':10} {what:22} {'':>14} {'':10} {'':>8} "
+                 f"{_gib(plan.options.cuda_context_bytes * processes):>8}")
     resident = ", ".join(plan.resident_stages) or "none"
     chunk = " → ".join(
         step + ("" if name in plan.resident_stages else " (load, run, free)")
         for step, name in zip(STEP_NAMES, CHAIN) if step in plan.steps
     )
     lines.append(f"load once: {resident}; per chunk: {chunk}")
-    if plan.vllm_gpu_memory_utilization is not None:
-        lines.append(f"vLLM: --gpu-memory-utilization {plan.vllm_gpu_memory_utilization}")
+    if vllm:
+        restart = " (the server stops after each LLM step and starts again at the next)" if not plan.stage(
+            "llm").resident else ""
+        lines.append(f"vLLM: --gpu-memory-utilization {plan.vllm_gpu_memory_utilization}{restart}")
+    if plan.options.per_process:
+        lines.append("Ray: every model stays loaded in its own actor process; one actor of each fits one card")
     lines.append(f"peak {_gib(plan.peak_bytes)} GiB at {plan.peak_step} (weights and act+kv in GiB)")
     lines.append(plan.verdict)
     return "\n".join(lines)

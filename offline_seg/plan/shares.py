@@ -1,0 +1,51 @@
+"""Shares of a card for processes that hold their model for the whole run (the Ray engine's actors, a vLLM
+server): the fraction each asks for, and how many cards a set of them takes."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from offline_seg.plan.residency import MemoryPlan
+
+# Ray keeps fractional resources to 1e-4; a share is rounded up to this step, never down, so a process never
+# asks for less of a card than it takes.
+GPU_STEP = 0.001
+
+
+def share_of(nbytes: int, gpu_bytes: int) -> float:
+    """The fraction of a card of `gpu_bytes` that `nbytes` take, rounded up to GPU_STEP."""
+    steps = math.ceil(nbytes / gpu_bytes / GPU_STEP - 1e-9)
+    return round(steps * GPU_STEP, 3)
+
+
+def cards_needed(shares: Iterable[float]) -> int:
+    """Cards a set of processes with these shares packs onto, first-fit decreasing (each card at most 1.0);
+    as Ray places fractional GPU requests, each within one card."""
+    cards: list[float] = []
+    for share in sorted(shares, reverse=True):
+        for index, used in enumerate(cards):
+            if used + share <= 1.0 + 1e-9:
+                cards[index] = round(used + share, 6)
+                break
+        else:
+            cards.append(share)
+    return len(cards)
+
+
+def process_bytes(plan: MemoryPlan, model: str) -> int:
+    """What one process holding `model` takes on the card: weights, workspace (and KV cache), CUDA context."""
+    return plan.stage(model).step_bytes + plan.options.cuda_context_bytes
+
+
+def gpu_shares(plan: MemoryPlan) -> dict[str, float]:
+    """Per model, the share of one card its process asks for: a vLLM LLM its `gpu_memory_utilization`
+    (the same bytes, rounded as vLLM's flag is), any other its `process_bytes`."""
+    shares = {}
+    for stage in plan.stages:
+        if stage.name == "llm" and plan.vllm_gpu_memory_utilization is not None:
+            shares[stage.name] = plan.vllm_gpu_memory_utilization
+        else:
+            shares[stage.name] = share_of(process_bytes(plan, stage.name), plan.gpu_bytes)
+    return shares
