@@ -12,7 +12,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def diagnose(config: Any, quick: bool = False, report: GpuReport | None = None) 
     cuda = config.device.startswith("cuda")
     found.add("offline_seg", f"{_version('offline_seg')} on Python {platform.python_version()} ({platform.machine()})")
     _devices(found, config.device, report)
-    _libraries(found, cuda)
+    _libraries(found, cuda, report)
     chain = chain_spec(config)
     chain = _plan(found, config, chain)
     _refiner(found, config, chain)
@@ -86,7 +86,7 @@ def _devices(found: Diagnosis, device: str, report: GpuReport) -> None:
                       for g in report.gpus) or "none (no nvidia-smi, or it lists no card)"
     if not device.startswith("cuda"):
         hint = " (a CUDA card is here: --device cuda uses it)" if report.gpus else ""
-        found.add("device", f"{device}: the CPU tier{hint}")
+        found.add("device", f"{device}: the CPU tier, every model on the CPU{hint}")
         found.add("GPUs", cards)
         return
     card = card_for(device, report)
@@ -97,7 +97,11 @@ def _devices(found: Diagnosis, device: str, report: GpuReport) -> None:
     found.add("driver / CUDA", f"driver {report.driver or '-'}, CUDA {report.cuda or '-'} at most")
 
 
-def _libraries(found: Diagnosis, cuda: bool) -> None:
+def _release(text: str | None) -> tuple[int, ...]:
+    return tuple(int(part) for part in (text or "").split(".") if part.isdigit())
+
+
+def _libraries(found: Diagnosis, cuda: bool, report: GpuReport) -> None:
     torch_version = _version("torch")
     if torch_version is None:
         found.add("torch", "not installed", False, "bash scripts/setup.sh (or on a CUDA machine: " + SETUP_GPU + ")")
@@ -110,6 +114,9 @@ def _libraries(found: Diagnosis, cuda: bool) -> None:
         found.add("torch", value)
     elif not built:
         found.add("torch", value, False, f"install a CUDA build of torch: {SETUP_GPU}")
+    elif report.cuda and _release(built) > _release(report.cuda):
+        found.add("torch", value + f", but the driver runs CUDA {report.cuda} at most", False,
+                  f"update the NVIDIA driver to one for CUDA {built} (torch and vLLM from {SETUP_GPU} need it)")
     elif not torch.cuda.is_available():
         found.add("torch", value + ", but CUDA is not available", False,
                   f"update the NVIDIA driver to one for CUDA {built} (torch was built for it)")
@@ -214,11 +221,11 @@ def _models(found: Diagnosis, config: Any, chain: Any, quick: bool) -> None:
     if config.refiner_mode != "llm":
         models.append(parse_spec(config.embedder, "embedder", config.weights_dir, config.device))
     missing_components: list[str] = []
-    everything = [m.stage for m in chain.models]
+    alone = replace(chain, models=())  # to list one model's missing files
     for spec in models:
         if spec.backend == "openai":
             continue
-        missing = [path for path, _ in chain.missing_files(config.weights_dir, skip=everything, extra=[spec])]
+        missing = [path for path, _ in alone.missing_files(config.weights_dir, extra=[spec])]
         name = f"model {spec.stage}"
         if missing:
             missing_components.append(spec.component)

@@ -4,6 +4,8 @@ test_offline.py, with networking off. In CI a missing vLLM venv fails these test
 
 import time
 
+import pytest
+
 from offline_seg.classes import ClassList
 from offline_seg.llm import load_llm
 from offline_seg.stages.refiner import Refiner
@@ -67,3 +69,132 @@ def test_llm_serve_dry_run_prints_the_vllm_command(tmp_path):
     assert "--gpu-memory-utilization 0.7 " in cpu.output  # 24 GB card: more room beside the vision models
     missing = runner.invoke(main, ["llm", "serve", "--model", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "config.json" in missing.output
+
+
+# --- the vLLM server a run manages (--llm vllm_server, the default on CUDA) --------------------------------
+def _pgid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[2])
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of a process group (the watchdog, the vLLM server, its engine core and worker)."""
+    import os
+
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
+
+
+def _watchdog_of(port: int) -> int | None:
+    """The pid (= process group) of the watchdog that runs the server on `port`."""
+    import os
+
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"watchdog.py") for a in argv) and str(port).encode() in argv:
+            return int(entry)
+    return None
+
+
+def _tiny_images(directory, count):
+    import numpy as np
+    from PIL import Image
+
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(directory / f"img_{i}.png")
+    return directory
+
+
+def test_a_run_starts_its_vllm_server_and_leaves_no_orphan_after_kill_9(vllm_python, smollm2_hf_dir, tiny_weights,
+                                                                       tmp_path):
+    """`run` with the managed server (the CUDA default; here vLLM's CPU build): killed with kill -9 after its
+    first LLM result, it leaves no process of the server's group behind and the port free; the re-run starts
+    the server again, finishes from the store, and stops the server at its end."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from offline_seg.llm.serve import free_port, port_in_use
+
+    port = free_port()
+    source = _tiny_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "offline_seg.cli", "run", str(source), "--out", str(out), "--weights",
+               str(tiny_weights), "--refiner", "llm", "--chunk-size", "1",
+               "--llm", f"vllm_server:{smollm2_hf_dir}?python={vllm_python}&port={port}"]
+    run = subprocess.Popen(command, env={**os.environ, "OFFLINE_SEG_FAULT": "after:labels:1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    group = None
+    deadline = time.monotonic() + 600
+    while run.poll() is None and time.monotonic() < deadline:
+        group = group or _watchdog_of(port)
+        time.sleep(0.2)
+    output = run.stdout.read()
+    assert run.returncode == -9, output[-3000:]  # killed by the fault point after the first labels result
+    assert group is not None, "the run started no server: " + output[-2000:]
+    deadline = time.monotonic() + 60  # the watchdog's grace (20 s) and then SIGKILL
+    while _group(group) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _group(group) == [], "the server outlived its run"
+    assert not port_in_use(port)
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "2 of 2 images done" in again.stdout
+    record = json.loads((out / "img_1.json").read_text())
+    assert record["llm_replies"]["pre_refine"] is not None  # the served LLM answered the pre-refinement
+    assert _watchdog_of(port) is None and not port_in_use(port)  # stopped at the end of the run
+
+
+def test_a_busy_port_or_no_vllm_stops_the_run_before_any_image(tiny_weights, tmp_path):
+    """A second run on the port of a running server (here any listener) says so with its three ways out; no
+    vLLM to serve with names the install. Both before any image (exit 2, no store)."""
+    import socket
+    import sys
+
+    from click.testing import CliRunner
+
+    from offline_seg.cli import main
+
+    source = _tiny_images(tmp_path / "in", 1)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        busy = CliRunner().invoke(main, [
+            "run", str(source), "--out", str(tmp_path / "out"), "--weights", str(tiny_weights), "--refiner", "llm",
+            "--llm", f"vllm_server:{tiny_weights / 'llm'}?python={sys.executable}&port={port}"])
+    assert busy.exit_code == 2, busy.output
+    assert busy.output.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is in use (another run's LLM server?): stop it, give this run another "
+        "port (--llm 'vllm_server:DIR?port=0' takes a free one), or use the running server with "
+        f"--llm openai:http://127.0.0.1:{port}/v1")
+    assert not (tmp_path / "out").exists()
+    missing = CliRunner().invoke(main, [
+        "run", str(source), "--out", str(tmp_path / "out"), "--weights", str(tiny_weights), "--refiner", "llm",
+        "--llm", f"vllm_server:{tiny_weights / 'llm'}?python={tmp_path / 'no-venv' / 'python'}&port=0"])
+    assert missing.exit_code == 2 and "no vLLM to serve the LLM: install it with `GPU=1 bash scripts/setup.sh`" in \
+        missing.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_server_that_fails_to_start_is_one_error_with_its_log(tmp_path):
+    import sys
+
+    from offline_seg.errors import OfflineSegError
+    from offline_seg.llm.serve import ServerProcess
+
+    script = "import sys; print('Free memory on device is less than desired GPU memory utilization'); sys.exit(3)"
+    server = ServerProcess([sys.executable, "-c", script], "http://127.0.0.1:9/v1", log=tmp_path / "server.log")
+    with pytest.raises(OfflineSegError, match="exited with code 3 before it was ready; log .*server.log, last "
+                                              "lines: Free memory on device is less than desired"):
+        server.start(timeout=60)

@@ -197,23 +197,67 @@ def test_ray_engine_resumes_after_kill_9_survives_a_killed_actor_and_equals_the_
 
 
 def test_stage_resources_follow_the_memory_plan_and_the_actor_counts(tiny_weights):
-    from offline_seg.plan import plan_for
+    from offline_seg.pipeline import Pipeline
 
-    config = PipelineConfig(weights_dir=tiny_weights, device="cuda", labels=("dog",))
-    plan = plan_for(config, "8GiB")
+    pipeline = Pipeline(PipelineConfig(weights_dir=tiny_weights, device="cuda", labels=("dog",), gpu_mem="8GiB",
+                                       engine="ray", llm="transformers:"))
+    chain, plan = pipeline.chain, pipeline.memory_plan
     stages = ["labels", "detect", "post_refine", "segment", "write"]
-    resources = stage_resources(config, stages, RayOptions(actors=parse_actors("2,segment=3")), plan)
+    resources = stage_resources(chain, stages, RayOptions(actors=parse_actors("2,segment=3,llm=1")), plan)
     assert {s: r.actors for s, r in resources.items()} == {"labels": 0, "detect": 2, "post_refine": 2, "segment": 3,
-                                                           "write": 0}
-    for stage, model in (("detect", "detector"), ("segment", "segmenter"), ("post_refine", "llm")):
+                                                           "write": 0, "llm": 1}
+    assert resources["post_refine"].num_gpus == 0  # it asks the LLM pool, which holds the LLM
+    for stage, model in (("detect", "detector"), ("segment", "segmenter"), ("llm", "llm")):
         share = (plan.stage(model).step_bytes + plan.options.cuda_context_bytes) / plan.gpu_bytes
-        assert share <= resources[stage].num_gpus < share + 0.05 + 1e-9
-    cpu = stage_resources(PipelineConfig(weights_dir=tiny_weights), ["tag", "write"], RayOptions())
+        assert share <= resources[stage].num_gpus < share + 0.001 + 1e-9
+    cpu_chain = Pipeline(PipelineConfig(weights_dir=tiny_weights)).chain
+    cpu = stage_resources(cpu_chain, ["tag", "write"], RayOptions())
     assert cpu["tag"].num_gpus == 0 and cpu["tag"].actors == 1 and cpu["write"].actors == 0
     with pytest.raises(InvalidInputError, match="--gpu-mem"):
-        stage_resources(config, stages, RayOptions())
+        stage_resources(chain, stages, RayOptions())
+    local_plan = Pipeline(PipelineConfig(weights_dir=tiny_weights, device="cuda", gpu_mem="8GiB")).memory_plan
+    with pytest.raises(InvalidInputError, match="engine='ray'"):
+        stage_resources(chain, stages, RayOptions(), local_plan)  # a plan that swaps models per chunk
     with pytest.raises(InvalidInputError, match="unknown stage"):
         parse_actors("segmenter=2")
+
+
+@pytest.mark.parametrize("card", [8, 12, 16, 24])
+def test_ray_gpu_shares_fit_the_card_and_one_llm_pool_serves_both_refinements(tmp_path, card):
+    """The default CUDA chain (full-size models, the managed vLLM server) planned for Ray on a card of 8, 12, 16
+    and 24 GiB: one LLM pool for pre- and post-refinement; every actor's share holds its process (weights,
+    workspace, CUDA context) of --gpu-mem; packed onto cards, each card's shares add up to at most one card; a
+    cluster with fewer cards is refused before any work instead of waiting forever."""
+    from offline_seg.engines.ray_resources import gpus_requested, placement_error, worker_chain
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.plan.shares import pack, process_bytes
+
+    pipeline = Pipeline(PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem=f"{card}GiB", engine="ray"))
+    chain, plan = pipeline.chain, pipeline.memory_plan
+    assert plan.fits and plan.options.per_process
+    resources = stage_resources(chain, list(chain.steps), RayOptions(), plan)
+    pools = {stage: r for stage, r in resources.items() if r.actors}
+    assert set(pools) == {"tag", "caption", "labels", "detect", "post_refine", "segment", "llm"}
+    assert pools["labels"].num_gpus == pools["post_refine"].num_gpus == 0  # they ask the one LLM pool
+    models = {"tag": "tagger", "caption": "captioner", "detect": "detector", "segment": "segmenter", "llm": "llm"}
+    for stage, model in models.items():
+        assert process_bytes(plan, model) <= pools[stage].num_gpus * plan.gpu_bytes  # fits its share of --gpu-mem
+        assert pools[stage].num_gpus <= 1.0
+    assert pools["llm"].num_gpus == plan.vllm_gpu_memory_utilization  # vLLM claims exactly its Ray share
+    llm = worker_chain(chain, resources).model("llm")
+    assert (llm.backend, llm.gpu_memory_utilization, llm.option_dict["port"]) == ("vllm_server", pools["llm"].num_gpus,
+                                                                                 "0")
+    cards = pack(gpus_requested(resources))
+    assert len(cards) == plan.cards
+    for shares in cards:  # what Ray puts on one card adds up to at most that card, in shares and in bytes
+        assert sum(shares) <= 1.0 + 1e-9
+    assert sum(process_bytes(plan, m) for m in models.values()) == plan.peak_bytes
+    if plan.peak_bytes <= plan.gpu_bytes:
+        assert plan.cards == 1
+    assert placement_error(resources, plan.cards) is None
+    if plan.cards > 1:
+        error = placement_error(resources, plan.cards - 1)
+        assert f"{plan.cards} card(s) of --gpu-mem when packed" in error and "--engine local" in error
 
 
 def test_ray_options_need_the_ray_engine(tmp_path):

@@ -153,3 +153,64 @@ def test_store_keys_follow_the_description(tiny_weights):
     int8 = stage_keys(Pipeline(PipelineConfig(weights_dir=tiny_weights, refiner="llm",
                                               llm=f"{tiny_weights}/llm?quantization=int8")))
     assert plain["labels"] != int8["labels"] and plain["tag"] == int8["tag"]
+
+
+def test_the_cuda_default_is_a_vllm_server_with_the_plans_share(tmp_path):
+    """`--device cuda` with nothing else said: the LLM is a vLLM server the run manages, serving the AWQ
+    checkpoint as it is, launched with the memory plan's gpu_memory_utilization and max_model_len, eager,
+    offline, on loopback. The resolved descriptions and the launch command, from the real plan arithmetic of
+    the full-size Llama-3-8B (its config.json in the weights dir, as `weights pull` puts it)."""
+    from offline_seg.llm.vllm_server_backend import launch_for
+    from offline_seg.plan.architectures import _llama3_8b_defaults
+
+    weights = tmp_path / "weights"
+    config = _llama3_8b_defaults()
+    config.quantization_config = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                                  "version": "gemm"}
+    config.save_pretrained(weights / "llm")
+    for card in ("12GiB", "24GiB"):
+        pipeline = Pipeline(PipelineConfig(weights_dir=weights, device="cuda", gpu_mem=card))
+        plan, llm = pipeline.memory_plan, pipeline.chain.model("llm")
+        assert pipeline.config.refiner_mode == "hybrid"  # the LLM is loaded on CUDA
+        assert (llm.backend, llm.quantization, llm.dtype, llm.resident) == ("vllm_server", "awq", "fp16", True)
+        assert llm.gpu_memory_utilization == plan.vllm_gpu_memory_utilization
+        assert plan.stage("llm").precision == "awq/fp16" and plan.fits
+        # its share of the card holds the AWQ weights, the KV cache for one 2048-token sequence and its context
+        process = plan.stage("llm").step_bytes + plan.options.cuda_context_bytes
+        assert process <= llm.gpu_memory_utilization * plan.gpu_bytes < process + 0.01 * plan.gpu_bytes
+        launch = launch_for(llm, python=Path("/lab/.venv-vllm/bin/python"), port=8000)
+        assert launch.command == (
+            "/lab/.venv-vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model",
+            str((weights / "llm").absolute()), "--host", "127.0.0.1", "--port", "8000", "--max-model-len", "2048",
+            "--gpu-memory-utilization", f"{llm.gpu_memory_utilization:g}", "--generation-config", "vllm",
+            "--quantization", "awq", "--dtype", "float16", "--enforce-eager")
+        env = dict(launch.env)
+        assert {env[k] for k in ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "HF_HUB_OFFLINE")} == {"1"}
+        assert "CUDA_VISIBLE_DEVICES" not in env and launch.base_url == "http://127.0.0.1:8000/v1"
+    # another card and an explicit share: CUDA_VISIBLE_DEVICES follows the device, the user's share is kept
+    mine = parse_spec(f"vllm_server:{weights / 'llm'}?gpu_memory_utilization=0.5&device=cuda:1", "llm")
+    assert mine.backend == "vllm_server" and "--gpu-memory-utilization" in (command := launch_for(mine).command)
+    assert command[command.index("--gpu-memory-utilization") + 1] == "0.5"
+    assert dict(launch_for(mine).env)["CUDA_VISIBLE_DEVICES"] == "1"
+    # a bare path is the device's default kind; transformers stays what it says, with its clear AWQ error
+    assert parse_spec(str(weights / "llm"), "llm", weights, "cuda").backend == "vllm_server"
+    assert parse_spec(str(weights / "llm"), "llm", weights, "cpu").backend == "transformers"
+    assert parse_spec("transformers:", "llm", weights, "cuda").backend == "transformers"
+    assert parse_spec("/m/llama.gguf", "llm", weights, "cuda").backend == "transformers"  # vLLM reads no GGUF
+
+
+def test_transformers_on_an_awq_checkpoint_keeps_its_clear_error(tmp_path):
+    import json
+
+    from offline_seg.errors import OfflineSegError
+    from offline_seg.llm import load_llm
+    from offline_seg.tiny import llama
+
+    llama.write(tmp_path / "llm")
+    config = json.loads((tmp_path / "llm" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+                                     "version": "gemm"}
+    (tmp_path / "llm" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(OfflineSegError, match=r"served by vLLM as it is: --llm vllm_server:.* \(the default on "
+                                              r"--device cuda\); or pull `llm_bf16`"):
+        load_llm(f"transformers:{tmp_path / 'llm'}").complete([[{"role": "user", "content": "hi"}]], choices=["a"])

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from offline_seg.engines.ray_resources import (RayOptions, StageResources, gpus_requested, parse_actors,
-                                               stage_resources, worker_chain)
+                                               placement_error, stage_resources, worker_chain)
 from offline_seg.engines.ray_workers import FAULT_ENV, _decode, _encode, _LLMActor, _stage_task, _StageActor
 from offline_seg.engines.keys import llm_identity
 from offline_seg.engines.runner import BatchRunner, RunItem, RunSummary
@@ -35,7 +35,6 @@ from offline_seg.engines.store import OutputLock, ResultStore
 from offline_seg.errors import OfflineSegError
 from offline_seg.io.inputs import output_names
 from offline_seg.pipeline import Pipeline
-from offline_seg.plan.shares import cards_needed
 from offline_seg.steps import StepFailure
 
 if TYPE_CHECKING:
@@ -170,18 +169,11 @@ class RayRunner:
         return summary
 
     def _check_gpus(self) -> None:
-        """Stop before any work when the actors' GPU shares cannot all be placed on the cluster's cards (Ray
-        would wait for them forever)."""
-        requested = gpus_requested(self.resources)
-        if not requested:
-            return
-        have = int(_import_ray().cluster_resources().get("GPU", 0))
-        need = cards_needed(requested)
-        if need > have:
-            raise OfflineSegError(
-                f"the Ray engine keeps every model loaded at once: its actors ask for {sum(requested):.2f} GPUs "
-                f"({need} card(s) of --gpu-mem when packed) and this Ray cluster has {have}; use --engine local "
-                "(on one card it loads and frees models per chunk), fewer --ray-actors, or more GPUs")
+        """Stop before any work when the actors' GPU shares cannot all be placed on the cluster's cards."""
+        if gpus_requested(self.resources):
+            error = placement_error(self.resources, int(_import_ray().cluster_resources().get("GPU", 0)))
+            if error:
+                raise OfflineSegError(error)
 
     def _llm_pool(self) -> list[Any]:
         """The LLM pool's actors (none when no step asks an LLM)."""

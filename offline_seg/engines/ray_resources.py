@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from offline_seg.errors import InvalidInputError
-from offline_seg.plan.shares import gpu_shares
+from offline_seg.plan.shares import cards_needed, gpu_shares
 from offline_seg.specs import STEP_MODELS, ChainSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -115,3 +115,15 @@ def worker_chain(chain: ChainSpec, resources: Mapping[str, StageResources]) -> C
     if llm.backend == "vllm_server":
         llm = llm.with_options(port="0")
     return chain.replace_models([llm])
+
+
+def placement_error(resources: Mapping[str, StageResources], gpus: int) -> str | None:
+    """Why the actors' GPU shares cannot all be placed on a cluster with `gpus` cards (Ray would wait for them
+    forever), or None when they can."""
+    requested = gpus_requested(resources)
+    need = cards_needed(requested)
+    if need <= gpus:
+        return None
+    return (f"the Ray engine keeps every model loaded at once: its actors ask for {sum(requested):.2f} GPUs "
+            f"({need} card(s) of --gpu-mem when packed) and this Ray cluster has {gpus}; use --engine local "
+            "(on one card it loads and frees models per chunk), fewer --ray-actors, or more GPUs")

@@ -20,18 +20,23 @@ def share_of(nbytes: int, gpu_bytes: int) -> float:
     return round(steps * GPU_STEP, 3)
 
 
-def cards_needed(shares: Iterable[float]) -> int:
-    """Cards a set of processes with these shares packs onto, first-fit decreasing (each card at most 1.0);
-    as Ray places fractional GPU requests, each within one card."""
-    cards: list[float] = []
+def pack(shares: Iterable[float]) -> list[list[float]]:
+    """The shares of a set of processes packed onto cards, first-fit decreasing, each card at most 1.0 (as Ray
+    places fractional GPU requests: each within one card)."""
+    cards: list[list[float]] = []
     for share in sorted(shares, reverse=True):
-        for index, used in enumerate(cards):
-            if used + share <= 1.0 + 1e-9:
-                cards[index] = round(used + share, 6)
+        for card in cards:
+            if sum(card) + share <= 1.0 + 1e-9:
+                card.append(share)
                 break
         else:
-            cards.append(share)
-    return len(cards)
+            cards.append([share])
+    return cards
+
+
+def cards_needed(shares: Iterable[float]) -> int:
+    """How many cards a set of processes with these shares packs onto."""
+    return len(pack(shares))
 
 
 def process_bytes(plan: MemoryPlan, model: str) -> int:
