@@ -57,8 +57,10 @@ _QUANT_ALIASES = {"8bit": "int8", "4bit": "int4", "nf4": "int4", "none": None, "
 BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "transformers": ("batch_size",),
     "vllm": ("tensor_parallel_size", "enforce_eager"),
-    # python: the vLLM venv's interpreter; port: 127.0.0.1:PORT (0: any free one); startup_timeout in s
-    "vllm_server": ("python", "port", "startup_timeout", "enforce_eager", "concurrency", "timeout", "retries"),
+    # python: the vLLM venv's interpreter; port: 127.0.0.1:PORT (0: any free one); startup_timeout in s;
+    # load_format=dummy: random weights, no weight files read (scripts/gpu_check.sh)
+    "vllm_server": ("python", "port", "startup_timeout", "enforce_eager", "load_format", "concurrency", "timeout",
+                    "retries"),
     "openai": ("model", "constraint", "concurrency", "timeout", "retries", "allow_remote"),
     "blip2": ("batch_size",),
     "ram_plus": ("batch_size",),
@@ -101,6 +103,9 @@ class ModelSpec:
     resident: bool = True  # False: released after each of its steps in every chunk (a memory plan's choice)
     gpu_memory_utilization: float | None = None  # vLLM only
     max_model_len: int | None = None  # vLLM only
+    # vLLM only: the card gpu_memory_utilization is a share of (a plan's --gpu-mem); None: the device's own.
+    # vLLM reads its flag as a share of the device's total memory, so the loader converts.
+    planned_gpu_bytes: int | None = None
     options: tuple[tuple[str, str], ...] = ()
     explicit: frozenset[str] = field(default_factory=frozenset)
 
@@ -169,7 +174,7 @@ class ModelSpec:
         device and the vLLM memory share do not change results and are left out."""
         path = self.path if self.backend == "openai" else str(Path(self.path).resolve())
         kept = tuple((k, v) for k, v in self.options if k not in _PLACEMENT_OPTIONS)
-        return replace(self, path=path, gpu_memory_utilization=None, options=kept).text()
+        return replace(self, path=path, gpu_memory_utilization=None, planned_gpu_bytes=None, options=kept).text()
 
     def with_choices(self, **changes: Any) -> ModelSpec:
         """This spec with a plan's choices; fields the user set explicitly are kept."""

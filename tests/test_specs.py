@@ -155,7 +155,7 @@ def test_store_keys_follow_the_description(tiny_weights):
     assert plain["labels"] != int8["labels"] and plain["tag"] == int8["tag"]
 
 
-def test_the_cuda_default_is_a_vllm_server_with_the_plans_share(tmp_path):
+def test_the_cuda_default_is_a_vllm_server_with_the_plans_share(tmp_path, monkeypatch):
     """`--device cuda` with nothing else said: the LLM is a vLLM server the run manages, serving the AWQ
     checkpoint as it is, launched with the memory plan's gpu_memory_utilization and max_model_len, eager,
     offline, on loopback. The resolved descriptions and the launch command, from the real plan arithmetic of
@@ -187,6 +187,18 @@ def test_the_cuda_default_is_a_vllm_server_with_the_plans_share(tmp_path):
         env = dict(launch.env)
         assert {env[k] for k in ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "HF_HUB_OFFLINE")} == {"1"}
         assert "CUDA_VISIBLE_DEVICES" not in env and launch.base_url == "http://127.0.0.1:8000/v1"
+    # a 12 GiB plan on a 24 GiB card (--gpu-mem below the card, or an emulated card): vLLM reads its flag as a
+    # share of the whole device, so the launch halves the plan's share (rounded down)
+    from offline_seg import gpus
+
+    twelve = Pipeline(PipelineConfig(weights_dir=weights, device="cuda", gpu_mem="12GiB")).chain.model("llm")
+    assert twelve.planned_gpu_bytes == 12 * 1024**3
+    card = gpus.Gpu(0, "a 24 GiB card", 24 * 1024**3, 23 * 1024**3, "580.1")
+    monkeypatch.setattr(gpus, "gpu_report", lambda: gpus.GpuReport((card,), "580.1", "13.0"))
+    command = launch_for(twelve, python=Path("py"), port=8000).command
+    share = float(command[command.index("--gpu-memory-utilization") + 1])
+    assert share == int(twelve.gpu_memory_utilization / 2 * 1000) / 1000
+    monkeypatch.undo()
     # another card and an explicit share: CUDA_VISIBLE_DEVICES follows the device, the user's share is kept
     mine = parse_spec(f"vllm_server:{weights / 'llm'}?gpu_memory_utilization=0.5&device=cuda:1", "llm")
     assert mine.backend == "vllm_server" and "--gpu-memory-utilization" in (command := launch_for(mine).command)

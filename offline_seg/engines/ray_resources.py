@@ -3,7 +3,7 @@ memory plan: every model loaded at once, each in its own process), and the descr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from offline_seg.errors import InvalidInputError
@@ -110,8 +110,8 @@ def worker_chain(chain: ChainSpec, resources: Mapping[str, StageResources]) -> C
     pool = resources.get("llm")
     if llm is None or pool is None:
         return chain
-    if llm.is_vllm and pool.num_gpus:
-        llm = llm.with_choices(gpu_memory_utilization=pool.num_gpus)
+    if llm.is_vllm and pool.num_gpus:  # a share of the card Ray gives the actor, not of --gpu-mem
+        llm = replace(llm.with_choices(gpu_memory_utilization=pool.num_gpus), planned_gpu_bytes=None)
     if llm.backend == "vllm_server":
         llm = llm.with_options(port="0")
     return chain.replace_models([llm])

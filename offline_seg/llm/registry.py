@@ -42,7 +42,10 @@ def load_llm(spec: str | Path | ModelSpec, *, device: str = "cpu") -> LLM:
             if model.dtype is not None:
                 kwargs["dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[model.dtype]
             if model.gpu_memory_utilization is not None:
-                kwargs["gpu_memory_utilization"] = model.gpu_memory_utilization
+                from offline_seg.llm.serve import device_share
+
+                kwargs["gpu_memory_utilization"] = device_share(model.gpu_memory_utilization,
+                                                                model.planned_gpu_bytes, model.device)
             if model.max_model_len is not None:
                 kwargs["max_model_len"] = model.max_model_len
             if "tensor_parallel_size" in options:

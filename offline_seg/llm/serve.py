@@ -63,6 +63,21 @@ DEFAULT_SHARE = VllmShare()
 DEFAULT_MAX_MODEL_LEN = 2048
 
 
+def device_share(share: float, planned_gpu_bytes: int | None, device: str) -> float:
+    """vLLM's --gpu-memory-utilization for a plan's `share` of a card of `planned_gpu_bytes` (--gpu-mem): vLLM
+    reads its flag as a share of the device's total memory, which may be larger (--gpu-mem below the card, the
+    free memory of a card a desktop also uses, an emulated card). Rounded down, so vLLM never takes more than
+    the plan gave it; the share as it is when the card cannot be asked (no nvidia-smi) or none was planned."""
+    if not planned_gpu_bytes or not device.startswith("cuda"):
+        return share
+    from offline_seg.gpus import card_for
+
+    card = card_for(device)
+    if card is None or card.total_bytes <= 0:
+        return share
+    return max(0.01, int(share * planned_gpu_bytes / card.total_bytes * 1000) / 1000)
+
+
 @dataclass
 class ServeOptions:
     """Flags of `vllm serve`, bound to the loopback interface."""
@@ -75,6 +90,7 @@ class ServeOptions:
     quantization: str | None = None
     enforce_eager: bool = False
     served_model_name: str | None = None
+    load_format: str | None = None  # "dummy": random weights (benchmarks, scripts/gpu_check.sh)
     dtype: str | None = None  # vLLM's name: float16, bfloat16, float32; None: the model's own
     python: str = "python"
     extra: Sequence[str] = field(default_factory=tuple)
@@ -94,6 +110,8 @@ class ServeOptions:
             argv += ["--quantization", self.quantization]
         if self.dtype:
             argv += ["--dtype", self.dtype]
+        if self.load_format:
+            argv += ["--load-format", self.load_format]
         if self.enforce_eager:
             argv.append("--enforce-eager")
         if self.served_model_name:

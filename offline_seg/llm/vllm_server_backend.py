@@ -23,7 +23,7 @@ from typing import Sequence
 from offline_seg.errors import InvalidInputError, MissingWeightsError, OfflineSegError
 from offline_seg.llm.base import ChatMessage, Constraint, LLMStats
 from offline_seg.llm.serve import (DEFAULT_MAX_MODEL_LEN, DEFAULT_SHARE, OFFLINE_ENV, ServeOptions, ServerProcess,
-                                   cpu_environment, free_port, port_in_use)
+                                   cpu_environment, device_share, free_port, port_in_use)
 from offline_seg.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -109,9 +109,11 @@ def launch_for(spec: ModelSpec, python: Path | None = None, port: int | None = N
     except ValueError as error:
         raise InvalidInputError(f"bad option in LLM spec {spec.text()!r}: {error}") from error
     cpu = not spec.device.startswith("cuda")
+    share = spec.gpu_memory_utilization or DEFAULT_SHARE.gpu_memory_utilization
     serve = ServeOptions(
         model=Path(spec.path).absolute(), port=port,
-        gpu_memory_utilization=spec.gpu_memory_utilization or DEFAULT_SHARE.gpu_memory_utilization,
+        gpu_memory_utilization=device_share(share, spec.planned_gpu_bytes, spec.device),
+        load_format=options.get("load_format"),
         max_model_len=spec.max_model_len or DEFAULT_MAX_MODEL_LEN,
         quantization=_VLLM_QUANT.get(spec.quantization or "", spec.quantization),
         dtype=None if cpu or spec.dtype is None else _VLLM_DTYPES[spec.dtype],

@@ -110,6 +110,8 @@ def apply_plan(chain: Any, plan: MemoryPlan) -> Any:
                 "bitsandbytes" if quant == "int4" else "fp8" if quant == "int8" else None)
             changes["gpu_memory_utilization"] = plan.vllm_gpu_memory_utilization
             changes["max_model_len"] = VLLM_MAX_MODEL_LEN
+            if "gpu_memory_utilization" not in model.explicit:
+                changes["planned_gpu_bytes"] = plan.gpu_bytes
         elif quant in ("awq", "gptq"):
             changes["quantization"] = None  # the checkpoint carries it; transformers loads it as it is
         model = model.with_choices(**changes)
