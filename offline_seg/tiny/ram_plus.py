@@ -19,19 +19,28 @@ SOMETIMES = ("man", "cat", "car", "table", "plant")  # threshold 0.5: depends on
 MAX_LOGIT = 1.5  # |fc logit| is bounded by this, so probabilities stay within sigmoid(±1.5) = [0.18, 0.82]
 
 
-def _thresholds() -> list[float]:
-    return [0.1 if tag in ALWAYS else 0.5 if tag in SOMETIMES else 0.9 for tag in TAGS]
+def _tags(count: int) -> tuple[str, ...]:
+    """TAGS, padded with never-firing fillers to `count` (a full-size model has 4,585 tags)."""
+    return TAGS + tuple(f"tag{i}" for i in range(len(TAGS), count))
 
 
-def write(model_dir: Path, seed: int = 0) -> Path:
-    """Write the checkpoint, its config json, the tag list and the thresholds; return the checkpoint."""
+def _thresholds(tags: tuple[str, ...] = TAGS) -> list[float]:
+    return [0.1 if tag in ALWAYS else 0.5 if tag in SOMETIMES else 0.9 for tag in tags]
+
+
+def write(model_dir: Path, seed: int = 0, config=None) -> Path:
+    """Write the checkpoint, its config json (not for the official size), the tag list and the thresholds;
+    return the checkpoint. `config`: another RamPlusConfig than the tiny one, e.g. the official size with
+    random weights (scripts/gpu_check.sh); the same few tags fire whatever the size."""
     import torch
 
-    from offline_seg.models.ram_plus import CHECKPOINT_NAME, RamPlus, RamPlusConfig, save_ram_plus
+    from offline_seg.models.ram_plus import CHECKPOINT_NAME, CONFIG_NAME, RamPlus, RamPlusConfig, save_ram_plus
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    config = RamPlusConfig.tiny(num_tags=len(TAGS), num_descriptions=4)
+    config = config or RamPlusConfig.tiny(num_tags=len(TAGS), num_descriptions=4)
+    tags = _tags(config.num_tags)
+    (model_dir / CONFIG_NAME).unlink(missing_ok=True)
     generator = torch.Generator().manual_seed(seed)
     model = RamPlus(config)
     with torch.no_grad():
@@ -46,8 +55,8 @@ def write(model_dir: Path, seed: int = 0) -> Path:
         model.fc.bias.zero_()
 
     checkpoint = save_ram_plus(model, model_dir / CHECKPOINT_NAME)
-    (model_dir / "ram_tag_list.txt").write_text("\n".join(TAGS) + "\n", encoding="utf-8")
+    (model_dir / "ram_tag_list.txt").write_text("\n".join(tags) + "\n", encoding="utf-8")
     (model_dir / "ram_tag_list_threshold.txt").write_text(
-        "\n".join(f"{t:g}" for t in _thresholds()) + "\n", encoding="utf-8"
+        "\n".join(f"{t:g}" for t in _thresholds(tags)) + "\n", encoding="utf-8"
     )
     return checkpoint
