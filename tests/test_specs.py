@@ -106,7 +106,12 @@ def test_gpu_mem_picks_precision_and_the_description_records_it(tmp_path):
 
 
 def test_explicit_choices_win_and_a_chain_that_cannot_fit_names_the_cheapest_change(tmp_path):
-    with pytest.raises(PlanError, match=r"Cheapest change that fits: --captioner-quant int8"):
+    with pytest.raises(PlanError, match=r"Cheapest change that fits: --captioner-quant int8 \(your explicit"):
+        Pipeline(PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem="8GiB", captioner_quant="none",
+                                llm="transformers:"))
+    # the default, a vLLM server: on 8 GiB it must also stop between its steps
+    with pytest.raises(PlanError, match=r"Cheapest change that fits: the LLM server stopped between its steps, "
+                                        r"--captioner-quant int8 \(your explicit"):
         Pipeline(PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem="8GiB", captioner_quant="none"))
     with pytest.raises(InvalidInputError, match="--device cuda"):
         Pipeline(PipelineConfig(weights_dir=tmp_path, device="cpu", gpu_mem="8GiB"))

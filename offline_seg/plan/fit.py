@@ -60,13 +60,8 @@ def fit_chain(chain: Any, gpu_bytes: int | str, options: PlanOptions | None = No
     options = chain_options(chain, options)
     plan = make_plan(profiles, gpu, options, steps=steps, suggest=False)
     if not plan.fits:
-        cut = _downgrades(profiles, gpu, options, steps, cuts_only=True)
-        if cut is None and options.llm_backend == "vllm-server" and not options.per_process:
-            # a small card: the LLM server stops after each of its steps and starts again at the next
-            restart = replace(options, llm_restart=True)
-            fits = make_plan(profiles, gpu, restart, steps=steps, suggest=False).fits
-            cut = restart if fits else _downgrades(profiles, gpu, restart, steps, cuts_only=True)
-        if cut is None:
+        cut = _downgrades(profiles, gpu, options, steps, cuts_only=True)  # on a small card, with the LLM
+        if cut is None:  # server stopped between its steps as the last resort
             raise PlanError(_no_fit_message(chain, profiles, gpu, options, steps, plan))
         options = cut
         plan = make_plan(profiles, gpu, options, steps=steps, suggest=False)
@@ -79,8 +74,6 @@ def _no_fit_message(chain: Any, profiles: Sequence[StageProfile], gpu: int, opti
     head = (f"the chain does not fit a {gpu / GiB:.0f} GiB card{where}: peak {plan.peak_bytes / GiB:.2f} GiB at "
             f"{plan.peak_step}, before any image was processed.")
     fixes = _downgrades(profiles, gpu, options.unfixed(), steps)
-    if not fixes and options.llm_backend == "vllm-server" and not options.per_process:
-        fixes = _downgrades(profiles, gpu, replace(options.unfixed(), llm_restart=True), steps)
     if fixes:
         return f"{head} Cheapest change that fits: {', '.join(fixes)} (your explicit precision options prevent it)."
     if any(p.name == "llm" for p in profiles):

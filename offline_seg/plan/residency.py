@@ -15,6 +15,7 @@ from offline_seg.plan.shares import cards_needed, share_of
 from offline_seg.plan.sizes import StageProfile
 
 LLM_BACKENDS = ("transformers", "vllm", "vllm-server")
+RESTART_CUT = "the LLM server stopped between its steps"  # how a plan with `llm_restart` reads as a change
 
 
 @dataclass(frozen=True)
@@ -254,14 +255,19 @@ def _downgrades(profiles: Sequence[StageProfile], gpu_bytes: int, options: PlanO
             cuts.append(("--captioner-quant int4", {"captioner_quant": "int4"}))
     if "llm" in names and options.llm_context > 512:
         cuts.append(("--llm-context 512", {"llm_context": 512}))
-    applied: list[str] = []
-    current = options
-    for label, change in cuts:
-        current = replace(current, **change)
-        flag = label.split()[0]
-        applied = [done for done in applied if done.split()[0] != flag] + [label]  # int4 replaces int8
-        if make_plan(profiles, gpu_bytes, current, steps=steps, suggest=False).fits:
+    starts: list[tuple[list[str], PlanOptions]] = [([], options)]
+    if "llm" in names and options.llm_backend == "vllm-server" and not options.llm_restart \
+            and not options.per_process:  # last resort: the server stops between its steps (slow: it restarts)
+        starts.append(([RESTART_CUT], replace(options, llm_restart=True)))
+    for applied, current in starts:
+        if applied and make_plan(profiles, gpu_bytes, current, steps=steps, suggest=False).fits:
             return current if cuts_only else tuple(applied)
+        for label, change in cuts:
+            current = replace(current, **change)
+            flag = label.split()[0]
+            applied = [done for done in applied if done.split()[0] != flag] + [label]  # int4 replaces int8
+            if make_plan(profiles, gpu_bytes, current, steps=steps, suggest=False).fits:
+                return current if cuts_only else tuple(applied)
     return None if cuts_only else ()
 
 
