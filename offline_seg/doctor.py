@@ -233,8 +233,11 @@ def _models(found: Diagnosis, config: Any, chain: Any, quick: bool) -> None:
                       f"offline-seg weights pull {' '.join(missing_components)} --weights {config.weights_dir} "
                       "(on a connected machine; then copy the dir here)")
             continue
-        found.add(name, f"{spec.path}: present, {_verified(store, Path(spec.path), quick)}",
-                  *_integrity(store, Path(spec.path), quick, config.weights_dir))
+        try:
+            found.add(name, f"{spec.path}: present, {_verified(store, Path(spec.path), quick)}",
+                      *_integrity(store, Path(spec.path), quick, config.weights_dir))
+        except InvalidInputError as error:  # a damaged lock file
+            found.add(name, f"{spec.path}: present, not verified", False, str(error))
 
 
 def _verified(store: Any, path: Path, quick: bool) -> str:
@@ -256,10 +259,13 @@ def _integrity(store: Any, path: Path, quick: bool, weights_dir: Any) -> tuple[b
 
 
 def _lock_report(store: Any, path: Path, quick: bool) -> dict[str, str] | None:
-    try:
-        report = store.verify(under=path, quick=quick)
-    except (InvalidInputError, ValueError):  # no lock file, or a model outside the weights dir
+    """The lock file's verdict on one model's files; None when there is no lock file or the model lies outside
+    the weights dir (a damaged lock file raises)."""
+    from offline_seg.weights import LOCK_NAME
+
+    if not (store.root / LOCK_NAME).is_file() or not path.resolve().is_relative_to(store.root.resolve()):
         return None
+    report = store.verify(under=path, quick=quick)
     locked = {name: state for name, state in report.items() if state != "unlocked"}
     return locked or None
 

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Fields read to build the models' descriptions (`ChainSpec`): they reach a key as the models' identities.
 MODEL_FIELDS = frozenset({"weights_dir", "device", "llm", "segmenter", "detector", "embedder", "captioner_quant",
-                          "gpu_mem"})
+                          "gpu_mem", "engine"})  # engine: the Ray plan may choose other precisions
 # Fields read that cannot change a value: where post-refinement answers are kept across runs (an answer is
 # cached under the model, class list, prompt and mode that made it, so it is the answer the model gives).
 NEUTRAL_FIELDS = frozenset({"phrase_cache_dir"})

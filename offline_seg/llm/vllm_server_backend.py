@@ -147,10 +147,11 @@ class ManagedVllmLLM:
 
     @property
     def identity(self) -> str:
-        """What its answers depend on: the model's files and the quantization, as for in-process vLLM."""
+        """What its answers depend on: the model's files, the quantization and the dtype, as for in-process vLLM."""
         from offline_seg.weights import model_identity
 
-        return f"vllm:{model_identity(self.spec.path)}:{self.spec.quantization or ''}"
+        dtype = _VLLM_DTYPES.get(self.spec.dtype or "", "auto")
+        return f"vllm:{model_identity(self.spec.path)}:{self.spec.quantization or ''}:{dtype}"
 
     @property
     def stats(self) -> LLMStats:
