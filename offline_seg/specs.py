@@ -184,7 +184,7 @@ class ModelSpec:
 def parse_spec(text: str | Path | None, stage: str, weights_dir: Path | str = Path("weights"),
                device: str = "cpu") -> ModelSpec:
     """`kind:PATH?key=value&...`, `kind` (its default path in the weights dir), `kind?options`, or a bare
-    `PATH` (the stage's default kind) -> ModelSpec. Common keys: device, dtype, quantization,
+    `PATH` (the stage's default kind for the device: `default_kind`) -> ModelSpec. Common keys: device, dtype, quantization,
     gpu_memory_utilization, max_model_len; anything else must be an option of that backend."""
     if stage not in BACKENDS:
         raise InvalidInputError(f"unknown stage {stage!r}; stages: {', '.join(MODELS)}")

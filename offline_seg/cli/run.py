@@ -31,7 +31,8 @@ from offline_seg.errors import InvalidInputError
               "(needs the [ray] extra; same store, same outputs).")
 @click.option("--ray-address", help="Join this Ray cluster (HOST:PORT or auto); default: start Ray on this "
               "machine only.")
-@click.option("--ray-actors", help="Actors per model stage: N, or per stage, e.g. segment=2,detect=2 (default 1).")
+@click.option("--ray-actors", help="Actors per model stage: N, or per stage, e.g. segment=2,detect=2,llm=2 (llm: the "
+              "one LLM pool both refinement steps ask; default 1).")
 def run(source: Path, out_dir: Path, verbose: int, chunk_size: int, ablations: tuple[str, ...], no_recursive: bool,
         image_list: Path | None, retry_failed: bool, protocol: str, skip_missing: bool, gt_suffix: str,
         pred_suffix: str, engine: str, ray_address: str | None, ray_actors: str | None, **options) -> None:
