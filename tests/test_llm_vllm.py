@@ -88,6 +88,15 @@ def _group(pgid: int) -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
 
 
+def _end_group(pgid: int) -> None:
+    """SIGKILL what is left of a group this test started (only after its checks)."""
+    import os
+    import signal
+
+    if _group(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _watchdog_of(port: int) -> int | None:
     """The pid (= process group) of the watchdog that runs the server on `port`."""
     import os
@@ -144,7 +153,9 @@ def test_a_run_starts_its_vllm_server_and_leaves_no_orphan_after_kill_9(vllm_pyt
     deadline = time.monotonic() + 60  # the watchdog's grace (20 s) and then SIGKILL
     while _group(group) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _group(group) == [], "the server outlived its run"
+    orphans = _group(group)
+    _end_group(group)  # a failing check must not leave a server behind for the next test
+    assert orphans == [], "the server outlived its run"
     assert not port_in_use(port)
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -198,3 +209,58 @@ def test_a_server_that_fails_to_start_is_one_error_with_its_log(tmp_path):
     with pytest.raises(OfflineSegError, match="exited with code 3 before it was ready; log .*server.log, last "
                                               "lines: Free memory on device is less than desired"):
         server.start(timeout=60)
+
+
+FAKE_API_SERVER = '''
+import http.server, subprocess, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # like vLLM's EngineCore
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+'''
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_the_managed_server_goes_with_its_process_however_it_ends(tmp_path, sig):
+    """Ctrl-C (SIGINT: the exit handler stops it), SIGTERM and kill -9 (no handler runs: the watchdog sees its
+    lifeline close) all stop the server's whole process group, its engine child included. A stand-in for vLLM's
+    api_server (it serves /health and starts a child, as vLLM's starts its engine) keeps this test fast; the
+    real server's kill -9 case is `test_a_run_starts_its_vllm_server_and_leaves_no_orphan_after_kill_9`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from offline_seg.llm.serve import free_port, port_in_use
+
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_API_SERVER)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    port = free_port()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom offline_seg.llm import load_llm\n"
+         f"llm = load_llm('vllm_server:{model}?python={sys.executable}&port={port}&startup_timeout=60').start()\n"
+         "print('ready', llm.server.group, flush=True)\ntime.sleep(600)\n"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "fake")}, stdout=subprocess.PIPE, text=True)
+    line = parent.stdout.readline().split()
+    assert line[:1] == ["ready"], line
+    group = int(line[1])
+    assert len(_group(group)) >= 3 and port_in_use(port)  # the watchdog, the server, its engine child
+    try:
+        parent.send_signal(getattr(signal, sig))
+        parent.wait(timeout=60)
+        deadline = time.monotonic() + 40
+        while _group(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group(group) == [] and not port_in_use(port)
+    finally:
+        _end_group(group)
