@@ -68,19 +68,22 @@ def gpu_report() -> GpuReport:
     return GpuReport(tuple(gpus), gpus[0].driver if gpus else None, cuda.group(1) if cuda else None)
 
 
-def card_for(device: str, report: GpuReport | None = None) -> Gpu | None:
-    """The card a torch device (`cuda`, `cuda:1`) runs on, through CUDA_VISIBLE_DEVICES; None if unknown."""
-    if not device.startswith("cuda"):
-        return None
-    report = report or gpu_report()
+def visible_device(device: str) -> str:
+    """The driver's name of the card a torch device (`cuda`, `cuda:1`) runs on: its entry of this process's
+    CUDA_VISIBLE_DEVICES (an index or a UUID), else its own index."""
     _, _, index = device.partition(":")
     number = int(index or 0)
     visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if visible:
-        if number >= len(visible) or not visible[number].isdigit():
-            return None  # a UUID or a list shorter than the index: not guessed
-        number = int(visible[number])
-    return next((gpu for gpu in report.gpus if gpu.index == number), None)
+    return visible[number] if number < len(visible) else str(number)
+
+
+def card_for(device: str, report: GpuReport | None = None) -> Gpu | None:
+    """The card a torch device (`cuda`, `cuda:1`) runs on; None if unknown (e.g. named by UUID)."""
+    if not device.startswith("cuda"):
+        return None
+    report = report or gpu_report()
+    name = visible_device(device)
+    return next((gpu for gpu in report.gpus if name.isdigit() and gpu.index == int(name)), None)
 
 
 def free_memory_size(device: str) -> str | None:

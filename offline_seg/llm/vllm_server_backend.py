@@ -88,16 +88,6 @@ class ServerLaunch:
         return " ".join([f"{k}={v}" for k, v in self.env] + [shlex.quote(a) for a in self.command])
 
 
-def _visible_device(device: str) -> str | None:
-    """CUDA_VISIBLE_DEVICES for `cuda:N` (mapped through this process's own list); None for plain `cuda`."""
-    _, _, index = device.partition(":")
-    if not index:
-        return None
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    number = int(index)
-    return visible[number] if number < len(visible) else str(number)
-
-
 def launch_for(spec: ModelSpec, python: Path | None = None, port: int | None = None) -> ServerLaunch:
     """The server a `vllm_server` description asks for: the model dir, the plan's gpu_memory_utilization
     and max_model_len, the quantization vLLM applies, eager mode unless `enforce_eager=0` (CUDA graphs would
@@ -122,8 +112,10 @@ def launch_for(spec: ModelSpec, python: Path | None = None, port: int | None = N
     env = dict(OFFLINE_ENV)
     if cpu:
         env.update(cpu_environment())
-    elif (visible := _visible_device(spec.device)) is not None:
-        env["CUDA_VISIBLE_DEVICES"] = visible
+    elif ":" in spec.device:  # cuda:N: the server sees that card alone (plain cuda: this process's own view)
+        from offline_seg.gpus import visible_device
+
+        env["CUDA_VISIBLE_DEVICES"] = visible_device(spec.device)
     return ServerLaunch(tuple(serve.command()), tuple(sorted(env.items())), serve.host, port)
 
 
