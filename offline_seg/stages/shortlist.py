@@ -15,7 +15,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from offline_seg.classes import ClassList, label_key
+from offline_seg.classes import ClassList, label_key, parse_label_list, parse_single_label
 from offline_seg.llm.base import LabelList, accepts_constraint
 from offline_seg.stages.refiner import PostRefinement, Refiner
 from offline_seg.types import Recognition
@@ -52,15 +52,17 @@ class Embedder(Protocol):
 
 @dataclass(frozen=True)
 class ShortlistSettings:
-    """Where the embedding decides alone. Cosine similarities of all-MiniLM-L6-v2 (see the README's
-    refinement table for how they were chosen)."""
+    """Where the embedding decides alone. Cosine similarities of all-MiniLM-L6-v2 with both texts put as
+    "a photo of a …"; `reject` and `tie` were chosen by 5-fold cross-validation on the 1033-phrase dev set
+    (scripts/refine_cv.py, README "Refinement modes"): the best rule that stays at or above the bare nearest
+    label on every preset, also had negatives been only 10 % of the phrases."""
 
     accept: float = 0.6  # top-1 similarity from which the embedding decides ...
     margin: float = 0.1  # ... when the runner-up is this far behind
-    reject: float = 0.5  # below this top-1 similarity the phrase is nothing of the list (background)
+    reject: float = 0.575  # below this top-1 similarity the phrase is nothing of the list (background)
     # A phrase as close to its runner-up as this points at no label in particular: background (a lion is
     # as near to cat as to dog). Measured: the CPU-sized LLM never answered background on such phrases.
-    tie: float = 0.04
+    tie: float = 0.01
     top_k: int = 3  # labels the LLM chooses among (plus background)
     candidate: float = 0.7  # pre-refinement: a tag/caption term this close to a label proposes it
 
@@ -155,9 +157,20 @@ class GuidedRefiner:
         return {p: self._decided[p] for p in phrases}
 
     def _ask_llm(self, pending: dict[str, tuple[str, ...]]) -> None:
-        """One constrained call per distinct shortlist; background is always a choice (a negative answer)."""
+        """One constrained call per distinct shortlist; background is always a choice (a negative answer).
+        Unconstrained (`--unconstrained`), the undecided phrases go in one free-text call with the paper's
+        prompt over the whole list, parsed as the paper does."""
         assert self.llm_refiner is not None
         background = self.classes.background
+        if not self.llm_refiner.constrained:
+            phrases = list(pending)
+            answers = self.llm_refiner.llm.complete([self.llm_refiner.post_refine_messages(p) for p in phrases],
+                                                    max_new_tokens=20)
+            for phrase, answer in zip(phrases, answers):
+                label = parse_single_label(answer, self.classes)
+                self._decided[phrase] = Decision(None if label == background else label, "llm", pending[phrase])
+                logger.debug("post-refine (free text) %r -> %r", phrase, answer)
+            return
         groups: dict[tuple[str, ...], list[str]] = {}
         for phrase, shortlist in pending.items():
             groups.setdefault(shortlist, []).append(phrase)
@@ -187,15 +200,24 @@ class GuidedRefiner:
 
     # --- pre-refinement -------------------------------------------------------------------------
     def candidates(self, recognition: Recognition) -> tuple[list[str], list[str]]:
-        """(labels named outright in the tags or caption, further labels some term embeds close to)."""
-        text = " , ".join([*recognition.tags, recognition.caption or ""])
-        named = [label for label in self.classes.find_all(text) if label != self.classes.background]
-        terms = caption_terms(recognition)
+        """(labels named outright in the tags or caption, further labels some term embeds close to).
+
+        Labels are found in each tag and in the caption on their own, never across the joined text: tags
+        `hot` and `dog` name `dog`, not `hot-dog`; a tag `teddy` and a caption "a bear on a bench" name
+        `bear`, not `teddy-bear`."""
+        named: list[str] = []
+        for text in [*recognition.tags, recognition.caption or ""]:
+            named += [label for label in self.classes.find_all(text)
+                      if label != self.classes.background and label not in named]
+        # A term that names a label exactly was found above (or was part of a longer label there: the `dog`
+        # of "hot dog"), so only the others go to the embedding.
+        terms = [t for t in caption_terms(recognition) if self.classes.match(t) is None]
         close: list[str] = []
         if terms:
-            for ranking in self.embeddings.ranked(terms):
+            for term, ranking in zip(terms, self.embeddings.ranked(terms)):
                 label, score = ranking[0]
-                if score >= self.settings.candidate and label not in named and label not in close:
+                if (score >= self.settings.candidate and label not in named and label not in close
+                        and not _modifier_of(term, label)):
                     close.append(label)
         return named, close
 
@@ -216,22 +238,35 @@ class GuidedRefiner:
         return results
 
     def _confirm(self, recognitions, found, asked) -> dict[int, list[str]]:
-        """Ask the LLM, with the paper's prompt, to answer a list of the image's candidates (named labels
-        included, so it sees the whole scene); a candidate it leaves out is dropped."""
+        """Ask the LLM, with the paper's prompt, to answer a list of each image's candidates (named labels
+        included, so it sees the whole scene); a candidate it leaves out is dropped. One call for the whole
+        chunk: constrained, the answer may hold any label some image of the chunk offers (a constraint is one
+        per call), and each image keeps only its own candidates; `--unconstrained` sends no constraint."""
         llm_refiner = self.llm_refiner
         assert llm_refiner is not None
+        offered = {label for index in asked for label in (*found[index][0], *found[index][1])}
+        options = tuple(label for label in self.classes.foreground if label in offered)
+        constrained = llm_refiner.constrained and accepts_constraint(llm_refiner.llm)
+        extra = {"constraint": LabelList(options)} if constrained else {}
+        replies = llm_refiner.llm.complete(
+            [llm_refiner.pre_refine_messages(recognitions[index]) for index in asked],
+            max_new_tokens=llm_refiner.max_new_tokens, **extra,
+        )
         confirmed: dict[int, list[str]] = {}
-        for index in asked:
-            named, close = found[index]
-            options = [label for label in self.classes.foreground if label in named or label in close]
-            extra = {"constraint": LabelList(tuple(options))} if accepts_constraint(llm_refiner.llm) else {}
-            [reply] = llm_refiner.llm.complete(
-                [llm_refiner.pre_refine_messages(recognitions[index])],
-                max_new_tokens=llm_refiner.max_new_tokens, **extra,
-            )
-            said = {self.classes.match(item) for item in re.split(r"[,\n]", reply)}
-            confirmed[index] = [label for label in close if label in said]
+        for index, reply in zip(asked, replies):
+            items = re.split(r"[,\n]", reply) if constrained else parse_label_list(reply, self.classes)
+            said = {self.classes.match(item) for item in items}
+            confirmed[index] = [label for label in found[index][1] if label in said]
         return confirmed
+
+
+def _modifier_of(term: str, label: str) -> bool:
+    """Whether `term` is a leading part of a longer label (`hot` of `hot-dog`, `teddy` of `teddy-bear`): such
+    a word alone does not name the label, though it embeds close to it; the head word (`ball` of
+    `sports-ball`) does."""
+    words, label_words = label_key(term).split(), label_key(label).split()
+    n = len(words)
+    return 0 < n < len(label_words) and any(label_words[i:i + n] == words for i in range(len(label_words) - n))
 
 
 def _describe(decision: Decision) -> str:
