@@ -42,10 +42,10 @@ def minilm(minilm_dir):
 
 def test_real_embedder_maps_synonyms_and_drops_what_is_not_in_the_list(minilm):
     voc = GuidedRefiner(LabelEmbeddings(minilm, VOC))
-    phrases = ["puppy", "couch", "tv screen", "airplane", "wine bottle", "piano"]
+    phrases = ["puppy", "couch", "tv screen", "airplane", "wine bottle", "guitar"]
     assert voc.post_refine(phrases).labels == ["dog", "sofa", "monitor", "aeroplane", "bottle", None]
     cityscapes = GuidedRefiner(LabelEmbeddings(minilm, ClassList.preset("cityscapes")))
-    assert cityscapes.post_refine(["street", "bench", "palm tree"]).labels == ["road", None, "tree"]
+    assert cityscapes.post_refine(["street", "fire hydrant", "palm tree"]).labels == ["road", None, "tree"]
 
 
 def test_real_embedder_pre_refinement_finds_synonyms_in_captions(minilm):
@@ -56,13 +56,13 @@ def test_real_embedder_pre_refinement_finds_synonyms_in_captions(minilm):
 
 def test_llm_refine_prints_phrase_and_label(minilm_dir, tmp_path):
     phrases = tmp_path / "phrases.txt"
-    phrases.write_text("puppy\npiano\ndog\n\n")
+    phrases.write_text("puppy\nguitar\ndog\n\n")
     captions = tmp_path / "captions.txt"
     captions.write_text("man, puppy: a man and his puppy on a couch\ncat\n")
     common = ["llm", "refine", "--preset", "voc", "--refiner", "embed", "--embedder", str(minilm_dir)]
     result = CliRunner().invoke(main, [*common, "--phrases", str(phrases)])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["puppy\tdog", "piano\tbackground", "dog\tdog"]
+    assert result.stdout.splitlines() == ["puppy\tdog", "guitar\tbackground", "dog\tdog"]
     result = CliRunner().invoke(main, [*common, "--captions", str(captions)])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["man, puppy: a man and his puppy on a couch\tdog, person, sofa", "cat\tcat"]
@@ -88,23 +88,28 @@ def _dev_set(preset):
     return [(phrase, label) for p, phrase, label, _ in rows if p == preset]
 
 
+def _scores(labels, cases):
+    """(overall accuracy, overall had negatives been a tenth of the phrases, negatives rejected)."""
+    positives = [(label or "background") == want for label, (_, want) in zip(labels, cases) if want != "background"]
+    negatives = [label in (None, "background") for label, (_, want) in zip(labels, cases) if want == "background"]
+    overall = (sum(positives) + sum(negatives)) / len(cases)
+    return overall, 0.9 * np.mean(positives) + 0.1 * np.mean(negatives), np.mean(negatives)
+
+
 @pytest.mark.parametrize("preset", ["voc", "coco81", "cityscapes", "ade20k"])
 def test_default_rule_is_not_below_the_nearest_label_on_the_dev_set(minilm, preset):
-    """The shipped rule against the bare nearest label (no wording, no rejection) of the same embedder, on the
-    committed dev set: overall, and had negatives been only a tenth of the phrases (scripts/refine_cv.py)."""
+    """The shipped rule against the nearest label (no rejection) of the same embedder, with the bare words and with
+    the rule's own wording, on the committed dev set: overall, and had negatives been only a tenth of the phrases
+    (scripts/refine_cv.py gives the held-out folds)."""
     classes = ClassList.preset(preset)
     cases = _dev_set(preset)
     phrases = [phrase for phrase, _ in cases]
     default = GuidedRefiner(LabelEmbeddings(minilm, classes)).post_refine(phrases).labels
-    nearest = [ranking[0][0] for ranking in LabelEmbeddings(minilm, classes, template="{}").ranked(phrases)]
-
-    def scores(labels):
-        positives = [(label or "background") == want for label, (_, want) in zip(labels, cases) if want != "background"]
-        negatives = [label in (None, "background") for label, (_, want) in zip(labels, cases) if want == "background"]
-        overall = (sum(positives) + sum(negatives)) / len(cases)
-        return overall, 0.9 * np.mean(positives) + 0.1 * np.mean(negatives), np.mean(negatives)
-
-    mine, base = scores(default), scores(nearest)
-    assert len(cases) > 150 and base[2] == 0.0  # the nearest label never rejects
-    assert mine[0] > base[0] and mine[1] >= base[1] - 0.005, (preset, mine, base)
+    mine = _scores(default, cases)
+    for template in ("{}", "a photo of a {}"):
+        nearest = [ranking[0][0] for ranking in LabelEmbeddings(minilm, classes, template=template).ranked(phrases)]
+        base = _scores(nearest, cases)
+        assert len(cases) > 150 and base[2] == 0.0  # the nearest label never rejects
+        assert mine[0] > base[0] and mine[1] > base[1], (preset, template, mine, base)
     assert mine[2] > 0.3  # it does reject what is nothing of the list
+
