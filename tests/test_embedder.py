@@ -113,3 +113,23 @@ def test_default_rule_is_not_below_the_nearest_label_on_the_dev_set(minilm, pres
         assert mine[0] > base[0] and mine[1] > base[1], (preset, template, mine, base)
     assert mine[2] > 0.3  # it does reject what is nothing of the list
 
+
+def test_llm_refine_with_smollm2_and_the_default_refiner_is_the_embedding(minilm_dir, smollm2_gguf, tmp_path, caplog):
+    """What a user gets naming the real SmolLM2 and leaving --refiner at its default (`auto`): the LLM is too small
+    to help (measured: scripts/refine_cli.py), so the labels are the embedding's, and a warning says so."""
+    cases = _dev_set("cityscapes")
+    phrases = tmp_path / "phrases.txt"
+    phrases.write_text("\n".join(phrase for phrase, _ in cases) + "\n")
+    common = ["llm", "refine", "--preset", "cityscapes", "--phrases", str(phrases), "--embedder", str(minilm_dir),
+              "--out", str(tmp_path / "out")]
+    with caplog.at_level("WARNING"):
+        default = CliRunner().invoke(main, [*common, "--llm", f"transformers:{smollm2_gguf}"])
+    assert default.exit_code == 0, default.output
+    assert any("135 M parameters" in record.getMessage() for record in caplog.records)
+    embed = CliRunner().invoke(main, [*common, "--refiner", "embed"])
+    assert default.stdout == embed.stdout and len(default.stdout.splitlines()) == len(cases)
+    labels = [line.split("\t")[1] for line in default.stdout.splitlines()]
+    labels = [None if label == "background" else label for label in labels]
+    bare = LabelEmbeddings(SentenceEmbedder(minilm_dir), ClassList.preset("cityscapes"), template="{}")
+    nearest = [ranking[0][0] for ranking in bare.ranked([phrase for phrase, _ in cases])]
+    assert _scores(labels, cases)[1] > _scores(nearest, cases)[1]

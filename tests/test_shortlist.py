@@ -124,6 +124,49 @@ def test_auto_mode_is_hybrid_on_cuda_and_embed_on_cpu():
     assert PipelineConfig().refiner_mode == "embed" and PipelineConfig(device="cuda").refiner_mode == "hybrid"
 
 
+def test_auto_mode_asks_no_llm_too_small_to_help():
+    from offline_seg.stages.shortlist import MIN_HYBRID_LLM_PARAMS, resolve_mode
+
+    asked: list[int | None] = []
+
+    def size(parameters):
+        return lambda: asked.append(parameters) or parameters
+
+    assert resolve_mode("auto", "cpu", llm_given=True, llm_parameters=size(134_515_008)) == "embed"  # SmolLM2-135M
+    assert resolve_mode("auto", "cuda", llm_parameters=size(134_515_008)) == "embed"  # on any device
+    assert resolve_mode("auto", "cuda", llm_parameters=size(8_030_261_248)) == "hybrid"  # Llama-3-8B
+    assert resolve_mode("auto", "cuda", llm_parameters=size(MIN_HYBRID_LLM_PARAMS)) == "hybrid"
+    assert resolve_mode("auto", "cpu", llm_given=True, llm_parameters=size(None)) == "hybrid"  # unknown: a served one
+    assert resolve_mode("hybrid", "cpu", llm_given=True, llm_parameters=size(1)) == "hybrid"  # asked for by name
+    assert resolve_mode("auto", "cpu", llm_parameters=size(1)) == "embed"
+    assert asked == [134_515_008, 134_515_008, 8_030_261_248, MIN_HYBRID_LLM_PARAMS, None]  # read only when needed
+
+
+def test_auto_mode_counts_a_local_llm_from_its_config_and_warns(tmp_path, caplog):
+    from transformers import LlamaConfig
+
+    from offline_seg import PipelineConfig
+    from offline_seg.plan import llm_parameters
+    from offline_seg.specs import chain_spec, parse_spec
+
+    LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                num_key_value_heads=2).save_pretrained(tmp_path / "small")
+    # embeddings 1000x64, per layer q 64x64, k and v 64x32, o 64x64, mlp 3x64x128, 2 norms of 64; final norm; lm head
+    layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64
+    assert llm_parameters(parse_spec(str(tmp_path / "small"), "llm", tmp_path)) == 1000 * 64 * 2 + 2 * layer + 64
+    assert llm_parameters(parse_spec("openai:http://127.0.0.1:9/v1", "llm", tmp_path)) is None  # served: unknown
+    assert llm_parameters(parse_spec(str(tmp_path / "absent"), "llm", tmp_path)) is None  # the loader names it
+    config = PipelineConfig(weights_dir=tmp_path, llm=str(tmp_path / "small"))
+    with caplog.at_level("WARNING"):
+        assert config.refiner_mode == "embed" and config.refiner_mode == "embed"
+    assert [r.getMessage() for r in caplog.records if "parameters" in r.getMessage()] == [
+        "the LLM has 0.202 M parameters, fewer than 1 B: --refiner auto refines with the embedding alone (measured: a small "
+        "LLM's answers lose to it); --refiner hybrid asks the LLM anyway"]  # once: resolved once per config
+    assert "llm" not in [m.stage for m in chain_spec(config).models]  # it is not even loaded
+    assert PipelineConfig(weights_dir=tmp_path, llm=str(tmp_path / "small"), refiner="hybrid").refiner_mode == "hybrid"
+    assert PipelineConfig(weights_dir=tmp_path, llm=str(tmp_path / "absent")).refiner_mode == "hybrid"
+
+
 def test_labels_are_found_per_tag_and_per_caption_not_across_them():
     classes = ClassList.parse("background, dog, hot-dog, bear, teddy-bear, bench, sports-ball")
     refiner = GuidedRefiner(LabelEmbeddings(TableEmbedder(), classes, template="{}"))
