@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -38,8 +39,8 @@ from offline_seg.stages.sam3 import (
 from offline_seg.stages.segmenter import Segmenter, load_segmenter, resolve_point_prompt
 from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, is_sam3, parse_spec
 from offline_seg.stages.examples import Example, build_examples, common_labels, with_additions
-from offline_seg.stages.shortlist import (DEFAULT_REFINER, REFINER_MODES, Embedder, GuidedRefiner, LabelEmbeddings,
-                                          resolve_mode)
+from offline_seg.stages.shortlist import (DEFAULT_REFINER, MIN_HYBRID_LLM_PARAMS, REFINER_MODES, Embedder,
+                                          GuidedRefiner, LabelEmbeddings, resolve_mode)
 from offline_seg.stages.tagger import RamPlusTagger, Tagger
 from offline_seg.types import Detections, Recognition, SegmentationResult
 from offline_seg.weights import DEFAULT_WEIGHTS_DIR, WeightsDir
@@ -77,7 +78,8 @@ class PipelineConfig:
     prompts_dir: Path | None = None
     # Post-refinement answers kept across runs (per model, class list, prompt, mode); None: no disk cache.
     phrase_cache_dir: Path | None = field(default_factory=default_cache_dir)
-    # "hybrid" (embedding + LLM on a shortlist), "embed" (no LLM), "llm" (paper); "auto": hybrid on CUDA, else embed
+    # "hybrid" (embedding + LLM on a shortlist), "embed" (no LLM), "llm" (paper); "auto": hybrid on CUDA or with
+    # `llm` named, unless that LLM is too small to help (stages/shortlist.py `resolve_mode`), else embed
     refiner: str = DEFAULT_REFINER
     embedder: str | None = None  # sentence-embedding model dir; default: <weights>/embedder
     examples: int = 0  # few-shot examples for pre-refinement (the paper's supplementary), from `examples_from`
@@ -114,17 +116,33 @@ class PipelineConfig:
         if self.refiner not in REFINER_MODES:
             raise InvalidInputError(f"unknown refiner {self.refiner!r}; choose one of {', '.join(REFINER_MODES)}")
         if self.examples and (self.examples_from is None or self.refiner_mode == "embed"):
-            raise InvalidInputError("few-shot examples need --examples-from DIR and an LLM (not --refiner embed)")
+            raise InvalidInputError("few-shot examples need --examples-from DIR and an LLM (not --refiner embed; "
+                                    "--refiner auto does not ask an LLM under 1 B parameters: name --refiner hybrid)")
         if len(self.classes) > MAX_CLASSES:
             raise InvalidInputError(f"{len(self.classes)} classes do not fit the class-map PNG (at most "
                                     f"{MAX_CLASSES}, the background included)")
         if self.labels is not None:  # found before any model loads, not once per image
             ensure_names(self.labels, self.classes)
 
-    @property
+    @cached_property
     def refiner_mode(self) -> str:
-        """The refiner mode this run uses (`auto` resolved by device and by whether `--llm` was given)."""
-        return resolve_mode(self.refiner, self.device, llm_given=self.llm is not None)
+        """The refiner mode this run uses (`auto` resolved by device, by whether `--llm` was given and by the
+        LLM's size), resolved once."""
+        parameters: list[int | None] = []
+
+        def llm_parameters() -> int | None:
+            from offline_seg.plan import llm_parameters as count
+
+            parameters.append(count(parse_spec(self.llm, "llm", self.weights_dir, self.device)))
+            return parameters[-1]
+
+        mode = resolve_mode(self.refiner, self.device, llm_given=self.llm is not None, llm_parameters=llm_parameters)
+        if self.refiner == "auto" and mode == "embed" and parameters:
+            logger.warning("the LLM has %.3g M parameters, fewer than %.3g B: --refiner auto refines with the "
+                           "embedding alone (measured: a small LLM's answers lose to it); --refiner hybrid asks the "
+                           "LLM anyway",
+                           parameters[-1] / 1e6, MIN_HYBRID_LLM_PARAMS / 1e9)
+        return mode
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly settings, written next to every result."""

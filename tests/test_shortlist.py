@@ -122,3 +122,110 @@ def test_auto_mode_is_hybrid_on_cuda_and_embed_on_cpu():
     assert resolve_mode("llm", "cpu") == "llm"
     assert resolve_mode("auto", "cpu", llm_given=True) == "hybrid"  # an LLM named with --llm is used
     assert PipelineConfig().refiner_mode == "embed" and PipelineConfig(device="cuda").refiner_mode == "hybrid"
+
+
+def test_auto_mode_asks_no_llm_too_small_to_help():
+    from offline_seg.stages.shortlist import MIN_HYBRID_LLM_PARAMS, resolve_mode
+
+    asked: list[int | None] = []
+
+    def size(parameters):
+        return lambda: asked.append(parameters) or parameters
+
+    assert resolve_mode("auto", "cpu", llm_given=True, llm_parameters=size(134_515_008)) == "embed"  # SmolLM2-135M
+    assert resolve_mode("auto", "cuda", llm_parameters=size(134_515_008)) == "embed"  # on any device
+    assert resolve_mode("auto", "cuda", llm_parameters=size(8_030_261_248)) == "hybrid"  # Llama-3-8B
+    assert resolve_mode("auto", "cuda", llm_parameters=size(MIN_HYBRID_LLM_PARAMS)) == "hybrid"
+    assert resolve_mode("auto", "cpu", llm_given=True, llm_parameters=size(None)) == "hybrid"  # unknown: a served one
+    assert resolve_mode("hybrid", "cpu", llm_given=True, llm_parameters=size(1)) == "hybrid"  # asked for by name
+    assert resolve_mode("auto", "cpu", llm_parameters=size(1)) == "embed"
+    assert asked == [134_515_008, 134_515_008, 8_030_261_248, MIN_HYBRID_LLM_PARAMS, None]  # read only when needed
+
+
+def test_auto_mode_counts_a_local_llm_from_its_config_and_warns(tmp_path, caplog):
+    from transformers import LlamaConfig
+
+    from offline_seg import PipelineConfig
+    from offline_seg.plan import llm_parameters
+    from offline_seg.specs import chain_spec, parse_spec
+
+    LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                num_key_value_heads=2).save_pretrained(tmp_path / "small")
+    # embeddings 1000x64, per layer q 64x64, k and v 64x32, o 64x64, mlp 3x64x128, 2 norms of 64; final norm; lm head
+    layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64
+    assert llm_parameters(parse_spec(str(tmp_path / "small"), "llm", tmp_path)) == 1000 * 64 * 2 + 2 * layer + 64
+    assert llm_parameters(parse_spec("openai:http://127.0.0.1:9/v1", "llm", tmp_path)) is None  # served: unknown
+    assert llm_parameters(parse_spec(str(tmp_path / "absent"), "llm", tmp_path)) is None  # the loader names it
+    config = PipelineConfig(weights_dir=tmp_path, llm=str(tmp_path / "small"))
+    with caplog.at_level("WARNING"):
+        assert config.refiner_mode == "embed" and config.refiner_mode == "embed"
+    assert [r.getMessage() for r in caplog.records if "parameters" in r.getMessage()] == [
+        "the LLM has 0.202 M parameters, fewer than 1 B: --refiner auto refines with the embedding alone (measured: a small "
+        "LLM's answers lose to it); --refiner hybrid asks the LLM anyway"]  # once: resolved once per config
+    assert "llm" not in [m.stage for m in chain_spec(config).models]  # it is not even loaded
+    assert PipelineConfig(weights_dir=tmp_path, llm=str(tmp_path / "small"), refiner="hybrid").refiner_mode == "hybrid"
+    assert PipelineConfig(weights_dir=tmp_path, llm=str(tmp_path / "absent")).refiner_mode == "hybrid"
+
+
+def test_labels_are_found_per_tag_and_per_caption_not_across_them():
+    classes = ClassList.parse("background, dog, hot-dog, bear, teddy-bear, bench, sports-ball")
+    refiner = GuidedRefiner(LabelEmbeddings(TableEmbedder(), classes, template="{}"))
+    assert refiner.candidates(Recognition(("hot", "dog")))[0] == ["dog"]  # not hot-dog
+    assert refiner.candidates(Recognition(("teddy",), "a bear on a bench"))[0] == ["bear", "bench"]
+    assert refiner.candidates(Recognition(("hot dog",), "a dog eating a hot dog"))[0] == ["hot-dog", "dog"]
+    assert refiner.candidates(Recognition((), "a teddy bear on a bench"))[0] == ["teddy-bear", "bench"]
+
+
+class WordEmbedder:
+    """A label embeds on its own axis; any other text on the axes of the labels it shares a word with (so
+    `hot` sits next to `hot dog`)."""
+
+    LABELS = ["dog", "hot dog", "teddy bear", "sports ball"]
+
+    def encode(self, texts):
+        rows = []
+        for text in texts:
+            words = set(text.split())
+            row = [1.0 if text == label or (text not in self.LABELS and words & set(label.split())) else 0.0
+                   for label in self.LABELS] + [0.1]
+            rows.append(np.array(row) / np.linalg.norm(row))
+        return np.array(rows, dtype=np.float32)
+
+
+def test_a_leading_word_of_a_label_does_not_propose_it_and_named_words_are_not_embedded_again():
+    classes = ClassList.parse("background, dog, hot-dog, teddy-bear, sports-ball")
+    refiner = GuidedRefiner(LabelEmbeddings(WordEmbedder(), classes, template="{}"), settings=ShortlistSettings(candidate=0.5))
+    assert refiner.candidates(Recognition(("hot", "teddy", "ball"))) == ([], ["sports-ball"])  # the head word does
+    # "hot dog" names hot-dog; its word "dog" names a label too, so it is left to the exact finder (no dog)
+    assert refiner.candidates(Recognition(("hot dog",), "a hot dog")) == (["hot-dog"], [])
+
+
+def test_hybrid_pre_refinement_is_one_llm_call_per_chunk():
+    llm = ChoosingLLM(lists="person, dining-table")
+    recognitions = [Recognition(("man",), "a man"), Recognition(("puppy",), "a puppy on a dining table"),
+                    Recognition(("cat",))]
+    results = _refiner(llm, candidate=0.8).pre_refine(recognitions)
+    assert len(llm.calls) == 1 and len(llm.calls[0]["users"]) == 2  # the images with candidates, in one call
+    assert llm.calls[0]["constraint"] == LabelList(("dog", "dining-table", "person"))  # what any image offers
+    # each image keeps only its own candidates the LLM named: person for the first, no dog for the second
+    assert [labels for labels, _ in results] == [["person"], ["dining-table"], ["cat"]]
+
+
+class FreeTextLLM(ChoosingLLM):
+    """Answers a free-text post-refinement prompt from `pick`, anything else with `lists`."""
+
+    def complete(self, conversations, *, choices=None, constraint=None, max_new_tokens=200):
+        answers = super().complete(conversations, choices=choices, constraint=constraint)
+        users = [c[-1]["content"] for c in conversations]
+        return [self.pick.get(u, answer) if choices is None else answer for u, answer in zip(users, answers)]
+
+
+def test_unconstrained_hybrid_sends_no_constraint_and_parses_free_text():
+    llm = FreeTextLLM({"pet": "I think it is a Cat."}, lists="1. Person\n2. Dining table")
+    embeddings = LabelEmbeddings(TableEmbedder(), CLASSES, template="{}")
+    refiner = GuidedRefiner(embeddings, Refiner(llm, CLASSES, constrained=False),
+                            ShortlistSettings(accept=0.8, margin=0.2, reject=0.3, candidate=0.8))
+    assert refiner.post_refine(["pet", "puppy"]).labels == ["cat", "dog"]
+    assert llm.calls[-1]["choices"] is None and llm.calls[-1]["constraint"] is None
+    [(labels, _)] = refiner.pre_refine([Recognition(("man", "puppy"))])
+    assert labels == ["person"] and llm.calls[-1]["constraint"] is None

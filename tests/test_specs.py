@@ -73,10 +73,12 @@ def _tiny_llm_config(directory: Path) -> None:
 
 def test_the_plan_plans_the_llm_as_described(tmp_path):
     _tiny_llm_config(tmp_path / "mine")
-    bare = plan_for(PipelineConfig(weights_dir=tmp_path / "w", device="cuda", llm=str(tmp_path / "mine")), "8GiB")
+    # --refiner hybrid: `auto` would not ask (nor load) an LLM this small
+    bare = plan_for(PipelineConfig(weights_dir=tmp_path / "w", device="cuda", llm=str(tmp_path / "mine"),
+                                   refiner="hybrid"), "8GiB")
     assert bare.stage("llm").params < 1_000_000  # the model in DIR, not the default Llama-3-8B
     int8 = plan_for(PipelineConfig(weights_dir=tmp_path / "w", device="cuda",
-                                   llm=f"transformers:{tmp_path / 'mine'}?quantization=8bit"), "24GiB")
+                                   llm=f"transformers:{tmp_path / 'mine'}?quantization=8bit", refiner="hybrid"), "24GiB")
     assert int8.stage("llm").precision == "int8/fp16"
     vllm = chain_spec(PipelineConfig(weights_dir=tmp_path / "w", device="cuda", llm="vllm:"))
     described, plan = fit_chain(vllm, "24GiB")

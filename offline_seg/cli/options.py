@@ -20,7 +20,8 @@ def _refiner_options() -> list:
         click.option("--refiner", type=click.Choice(REFINER_MODES), default=DEFAULT_REFINER, show_default=True,
                      help="hybrid: exact match, then a sentence embedding, the LLM only among a short list when "
                      "the embedding is undecided; embed: no LLM at all; llm: the paper's LLM-only refinement; "
-                     "auto: hybrid on a CUDA device, embed otherwise."),
+                     "auto: hybrid on a CUDA device or with --llm, unless the LLM has under 1 B parameters "
+                     "(measured: a small LLM's answers lose to the embedding), embed otherwise."),
         click.option("--embedder", help="Sentence-embedding model dir (default: WEIGHTS/embedder)."),
         click.option("--examples", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Few-shot examples for pre-refinement (the paper's supplementary): N images of "

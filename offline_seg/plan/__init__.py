@@ -16,11 +16,12 @@ from offline_seg.plan.allowances import CARDS_GIB, GiB, MiB, STEP_LABELS
 from offline_seg.plan.architectures import StageSpec, stage_specs
 from offline_seg.plan.fit import PlanError, apply_plan, chain_options, fit_chain, plan_chain, plan_for
 from offline_seg.plan.residency import MemoryPlan, PlanOptions, StagePlan, make_plan
-from offline_seg.plan.sizes import ParamCounts, StageProfile, count_params, loaded_weight_bytes, parse_size, profile, profile_all
+from offline_seg.plan.sizes import (ParamCounts, StageProfile, count_params, llm_parameters, loaded_weight_bytes, parse_size,
+                                    profile, profile_all)
 from offline_seg.plan.table import format_cards, format_plan
 
 __all__ = [
     "CARDS_GIB", "GiB", "MiB", "STEP_LABELS", "MemoryPlan", "ParamCounts", "PlanError", "PlanOptions", "StagePlan", "StageProfile",
-    "StageSpec", "apply_plan", "chain_options", "count_params", "fit_chain", "format_cards", "format_plan", "loaded_weight_bytes",
+    "StageSpec", "apply_plan", "chain_options", "count_params", "fit_chain", "format_cards", "format_plan", "llm_parameters", "loaded_weight_bytes",
     "make_plan", "parse_size", "plan_chain", "plan_for", "profile", "profile_all", "stage_specs",
 ]

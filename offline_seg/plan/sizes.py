@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 from offline_seg.errors import InvalidInputError
 from offline_seg.plan.allowances import (
@@ -14,7 +15,10 @@ from offline_seg.plan.allowances import (
     INT4_BLOCK_SCALE_BYTES, INT8_ROW_SCALE_BYTES, LLM_FIXED_WORKSPACE, QUANTS, SAM3_BASE_WORKSPACE,
     SAM_IMAGE_SIZE, SEGMENTER_BASE_WORKSPACE, TAGGER_WORKSPACE,
 )
-from offline_seg.plan.architectures import StageSpec
+from offline_seg.plan.architectures import StageSpec, _llm_spec
+
+if TYPE_CHECKING:
+    from offline_seg.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,28 @@ def count_params(model: Any) -> ParamCounts:
         quantizable_rows=sum(rows[p] for p, q in quantizable.items() if q),
         keep_fp32=sum(sizes[p] for p in fp32),
     )
+
+
+def llm_parameters(model: ModelSpec) -> int | None:
+    """Parameters of a local LLM, from the config its files carry (a transformers dir's config.json or a GGUF
+    file's metadata), counted on the meta device (no weights read); None for a served model (`openai`), for
+    files that are not there (the loader names them) and for a config that cannot be read (the loader says
+    why). `--refiner auto` reads it: an LLM too small to help is not asked (stages/shortlist.py)."""
+    if model.backend == "openai":
+        return None
+    path = Path(model.path)
+    gguf = path.suffix == ".gguf" and path.is_file() or path.is_dir() and len(list(path.glob("*.gguf"))) == 1
+    if not ((path / "config.json").is_file() or gguf):
+        return None
+    import torch
+
+    try:
+        spec = _llm_spec(path)
+        with torch.device("meta"):
+            return count_params(spec.build(spec.config)).total
+    except (OSError, ValueError) as error:
+        logger.warning("cannot count the parameters of the LLM in %s: %s", path, error)
+        return None
 
 
 def loaded_weight_bytes(model: Any) -> int:

@@ -3,7 +3,8 @@ sentence embedding, and the LLM only where the embedding is not decisive, choosi
 constrained list (top-k labels plus background) instead of the whole class list.
 
 Modes (`--refiner`): `llm` is the paper's pure-LLM path (`stages.refiner.Refiner`); `embed` uses no
-LLM at all; `hybrid` (the default) asks the LLM only about the undecided phrases and candidates.
+LLM at all; `hybrid` asks the LLM only about the undecided phrases and candidates; `auto` (the default) is one
+of the last two (`resolve_mode`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from offline_seg.classes import ClassList, label_key
+from offline_seg.classes import ClassList, label_key, parse_label_list, parse_single_label
 from offline_seg.llm.base import LabelList, accepts_constraint
 from offline_seg.stages.refiner import PostRefinement, Refiner
 from offline_seg.types import Recognition
@@ -24,16 +25,27 @@ logger = logging.getLogger(__name__)
 
 REFINER_MODES = ("auto", "hybrid", "embed", "llm")
 TEMPLATE = "a photo of a {}"  # how a label or phrase is put to the embedder (measured: README)
-DEFAULT_REFINER = "auto"  # hybrid on a GPU, embed on a CPU (see `resolve_mode` and the README's table)
+DEFAULT_REFINER = "auto"  # hybrid where an LLM is fast or named and big enough, else embed (`resolve_mode`)
+# `auto` asks no LLM with fewer parameters. Measured on the dev set (scripts/refine_llm_answers.py and
+# refine_cli.py, README): SmolLM2-135M picks the right label of the embedding's top 3 for 48-52 % of the positives,
+# where the embedding's top 1 is right for 71-89 %: hybrid with it falls below the "a photo of a" nearest label at
+# 10 % negatives on every preset. Larger LLMs (the default Llama-3-8B) were not measured here: the bound sits
+# between that one measured model and the default one.
+MIN_HYBRID_LLM_PARAMS = 1_000_000_000
 
 
-def resolve_mode(mode: str, device: str, llm_given: bool = False) -> str:
+def resolve_mode(mode: str, device: str, llm_given: bool = False,
+                 llm_parameters: Callable[[], int | None] = lambda: None) -> str:
     """`auto` → `hybrid` where an LLM is fast (a CUDA device) or was named explicitly (`--llm`: the user wants
-    it asked), else `embed`: measured on CPU, the small LLM that fits there never beat the embedding on the
-    shortlist, and loading a large one costs minutes."""
+    it asked), unless it is known to be too small to help (`llm_parameters()`, read only then, below
+    `MIN_HYBRID_LLM_PARAMS`; None: unknown, e.g. a served model); else `embed`: measured on CPU, the small LLM
+    that fits there never beat the embedding, and loading a large one costs minutes."""
     if mode != "auto":
         return mode
-    return "hybrid" if device.startswith("cuda") or llm_given else "embed"
+    if not (device.startswith("cuda") or llm_given):
+        return "embed"
+    parameters = llm_parameters()
+    return "embed" if parameters is not None and parameters < MIN_HYBRID_LLM_PARAMS else "hybrid"
 
 # Caption words that never name a class: left out of the embedding candidates.
 _STOPWORDS = frozenset(
@@ -52,15 +64,19 @@ class Embedder(Protocol):
 
 @dataclass(frozen=True)
 class ShortlistSettings:
-    """Where the embedding decides alone. Cosine similarities of all-MiniLM-L6-v2 (see the README's
-    refinement table for how they were chosen)."""
+    """Where the embedding decides alone. Cosine similarities of all-MiniLM-L6-v2 with both texts put as
+    "a photo of a …"; `reject` and `tie` were chosen by 5-fold cross-validation on the 1033-phrase dev set
+    (scripts/refine_cv.py on a grid of 0.0125 / 0.0025 steps, README "Refinement modes"): the best rule that stays
+    at or above the nearest label of either wording (bare, "a photo of a") on every preset, also had negatives
+    been only 10 % of the phrases; every training part of the folds chose this same rule."""
 
     accept: float = 0.6  # top-1 similarity from which the embedding decides ...
     margin: float = 0.1  # ... when the runner-up is this far behind
-    reject: float = 0.5  # below this top-1 similarity the phrase is nothing of the list (background)
+    reject: float = 0.5375  # below this top-1 similarity the phrase is nothing of the list (background)
     # A phrase as close to its runner-up as this points at no label in particular: background (a lion is
-    # as near to cat as to dog). Measured: the CPU-sized LLM never answered background on such phrases.
-    tie: float = 0.04
+    # as near to cat as to dog). Measured: asked, SmolLM2-135M answers background on 6 % of the negatives
+    # this rule rejects (dev set).
+    tie: float = 0.0175
     top_k: int = 3  # labels the LLM chooses among (plus background)
     candidate: float = 0.7  # pre-refinement: a tag/caption term this close to a label proposes it
 
@@ -155,9 +171,20 @@ class GuidedRefiner:
         return {p: self._decided[p] for p in phrases}
 
     def _ask_llm(self, pending: dict[str, tuple[str, ...]]) -> None:
-        """One constrained call per distinct shortlist; background is always a choice (a negative answer)."""
+        """One constrained call per distinct shortlist; background is always a choice (a negative answer).
+        Unconstrained (`--unconstrained`), the undecided phrases go in one free-text call with the paper's
+        prompt over the whole list, parsed as the paper does."""
         assert self.llm_refiner is not None
         background = self.classes.background
+        if not self.llm_refiner.constrained:
+            phrases = list(pending)
+            answers = self.llm_refiner.llm.complete([self.llm_refiner.post_refine_messages(p) for p in phrases],
+                                                    max_new_tokens=20)
+            for phrase, answer in zip(phrases, answers):
+                label = parse_single_label(answer, self.classes)
+                self._decided[phrase] = Decision(None if label == background else label, "llm", pending[phrase])
+                logger.debug("post-refine (free text) %r -> %r", phrase, answer)
+            return
         groups: dict[tuple[str, ...], list[str]] = {}
         for phrase, shortlist in pending.items():
             groups.setdefault(shortlist, []).append(phrase)
@@ -187,15 +214,24 @@ class GuidedRefiner:
 
     # --- pre-refinement -------------------------------------------------------------------------
     def candidates(self, recognition: Recognition) -> tuple[list[str], list[str]]:
-        """(labels named outright in the tags or caption, further labels some term embeds close to)."""
-        text = " , ".join([*recognition.tags, recognition.caption or ""])
-        named = [label for label in self.classes.find_all(text) if label != self.classes.background]
-        terms = caption_terms(recognition)
+        """(labels named outright in the tags or caption, further labels some term embeds close to).
+
+        Labels are found in each tag and in the caption on their own, never across the joined text: tags
+        `hot` and `dog` name `dog`, not `hot-dog`; a tag `teddy` and a caption "a bear on a bench" name
+        `bear`, not `teddy-bear`."""
+        named: list[str] = []
+        for text in [*recognition.tags, recognition.caption or ""]:
+            named += [label for label in self.classes.find_all(text)
+                      if label != self.classes.background and label not in named]
+        # A term that names a label exactly was found above (or was part of a longer label there: the `dog`
+        # of "hot dog"), so only the others go to the embedding.
+        terms = [t for t in caption_terms(recognition) if self.classes.match(t) is None]
         close: list[str] = []
         if terms:
-            for ranking in self.embeddings.ranked(terms):
+            for term, ranking in zip(terms, self.embeddings.ranked(terms)):
                 label, score = ranking[0]
-                if score >= self.settings.candidate and label not in named and label not in close:
+                if (score >= self.settings.candidate and label not in named and label not in close
+                        and not _modifier_of(term, label)):
                     close.append(label)
         return named, close
 
@@ -216,22 +252,35 @@ class GuidedRefiner:
         return results
 
     def _confirm(self, recognitions, found, asked) -> dict[int, list[str]]:
-        """Ask the LLM, with the paper's prompt, to answer a list of the image's candidates (named labels
-        included, so it sees the whole scene); a candidate it leaves out is dropped."""
+        """Ask the LLM, with the paper's prompt, to answer a list of each image's candidates (named labels
+        included, so it sees the whole scene); a candidate it leaves out is dropped. One call for the whole
+        chunk: constrained, the answer may hold any label some image of the chunk offers (a constraint is one
+        per call), and each image keeps only its own candidates; `--unconstrained` sends no constraint."""
         llm_refiner = self.llm_refiner
         assert llm_refiner is not None
+        offered = {label for index in asked for label in (*found[index][0], *found[index][1])}
+        options = tuple(label for label in self.classes.foreground if label in offered)
+        constrained = llm_refiner.constrained and accepts_constraint(llm_refiner.llm)
+        extra = {"constraint": LabelList(options)} if constrained else {}
+        replies = llm_refiner.llm.complete(
+            [llm_refiner.pre_refine_messages(recognitions[index]) for index in asked],
+            max_new_tokens=llm_refiner.max_new_tokens, **extra,
+        )
         confirmed: dict[int, list[str]] = {}
-        for index in asked:
-            named, close = found[index]
-            options = [label for label in self.classes.foreground if label in named or label in close]
-            extra = {"constraint": LabelList(tuple(options))} if accepts_constraint(llm_refiner.llm) else {}
-            [reply] = llm_refiner.llm.complete(
-                [llm_refiner.pre_refine_messages(recognitions[index])],
-                max_new_tokens=llm_refiner.max_new_tokens, **extra,
-            )
-            said = {self.classes.match(item) for item in re.split(r"[,\n]", reply)}
-            confirmed[index] = [label for label in close if label in said]
+        for index, reply in zip(asked, replies):
+            items = re.split(r"[,\n]", reply) if constrained else parse_label_list(reply, self.classes)
+            said = {self.classes.match(item) for item in items}
+            confirmed[index] = [label for label in found[index][1] if label in said]
         return confirmed
+
+
+def _modifier_of(term: str, label: str) -> bool:
+    """Whether `term` is a leading part of a longer label (`hot` of `hot-dog`, `teddy` of `teddy-bear`): such
+    a word alone does not name the label, though it embeds close to it; the head word (`ball` of
+    `sports-ball`) does."""
+    words, label_words = label_key(term).split(), label_key(label).split()
+    n = len(words)
+    return 0 < n < len(label_words) and any(label_words[i:i + n] == words for i in range(len(label_words) - n))
 
 
 def _describe(decision: Decision) -> str:
