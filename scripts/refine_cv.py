@@ -235,7 +235,7 @@ def main() -> None:
                   f"{' '.join(f'{v:.1%}' for v in overall)} | {overall.mean():.1%} [{overall.min():.1%}, {overall.max():.1%}] | "
                   f"{weighted((pos.mean(), neg.mean())):.1%} | "
                   + " | ".join(f"{100 * worst[b][0]:+.2f} / {100 * worst[b][1]:+.2f}" for b in baselines) + " |")
-    print(f"\nthe shipped default on the whole dev set, and the negatives' share below which it would fall below a "
+    print("\nthe shipped default on the whole dev set, and the negatives' share below which it would fall below a "
           "nearest label (its lost positives outweigh the negatives it rejects):")
     for p in presets:
         mask = rates.preset == p
