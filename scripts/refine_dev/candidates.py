@@ -8,7 +8,7 @@ senses falls under any class is a negative draft (background). Every draft was t
 `post.tsv` keeps what the guidelines support and drops what they leave ambiguous.
 
     python scripts/refine_dev/candidates.py --ram ram_tag_list.txt --lvis lvis_v1_categories.py \
-        --ade objectInfo150.txt --preset voc > drafts.tsv
+        [--coco coco_to_synset.json] --preset voc > drafts-voc.tsv
 
 Needs nltk and the WordNet 3.0 database (Debian `wordnet-base` in ~/nltk_data/corpora/wordnet).
 """

@@ -1,8 +1,25 @@
-"""Curate drafts -> post.tsv (one-off; the choices are recorded in the committed set and SOURCES.md)."""
-import pickle, sys
-sys.path.insert(0, "/work/wt/issue-21b")
+#!/usr/bin/env python
+"""Curate the drafts of `candidates.py` into `post.tsv`: the hand choices (what the annotation guidelines
+support, what they leave ambiguous) are the lists in this file; SOURCES.md says where each group comes from.
+
+    for p in voc coco81 cityscapes; do python scripts/refine_dev/candidates.py --preset $p ... > drafts-$p.tsv; done
+    python scripts/refine_dev/curate.py drafts-*.tsv --ade objectInfo150.txt > scripts/refine_dev/post.tsv
+"""
+import argparse
+import sys
+from pathlib import Path
+
 from offline_seg.classes import ClassList
-rows = pickle.load(open("/tmp/src21/drafts.pkl", "rb"))
+
+parser = argparse.ArgumentParser()
+parser.add_argument("drafts", nargs="+", type=Path, help="candidates.py outputs: preset, phrase, label, source")
+parser.add_argument("--ade", type=Path, required=True, help="ADE20K's objectInfo150.txt (its name column)")
+args = parser.parse_args()
+rows = {}
+for path in args.drafts:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        preset, phrase, label, source = line.split("\t")
+        rows.setdefault((preset, phrase), (label, source))
 out = []
 def add(preset, phrase, label, source):
     cl = ClassList.preset(preset)
@@ -92,7 +109,7 @@ JUNK = {"wheel", "brand", "puff", "mortal", "soul", "pall", "mantle", "idiot box
         "silver screen", "projection screen", "cubicle", "stall", "kiosk", "autobus", "motorbus", "motorcoach",
         "coach", "handbasket", "cask", "collapsible shelter", "screen door", "fencing", "pedestal", "posting",
         "dish washer", "dishwashing machine", "automatic washer", "storage tank", "wharfage", "bureau", "monitoring device"}
-for line in open("/tmp/src21/objectInfo150.txt").read().splitlines()[1:]:
+for line in args.ade.read_text(encoding="utf-8").splitlines()[1:]:
     fields = line.split("\t")
     names = [n.strip() for n in fields[4].split(",")]
     label = ade.names[int(fields[0])]
