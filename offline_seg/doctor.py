@@ -162,7 +162,11 @@ def _refiner(found: Diagnosis, config: Any, chain: Any) -> None:
         "hybrid": "the embedding decides where it is sure, the LLM the rest",
         "llm": "the paper's refinement: every label and phrase asks the LLM",
     }[mode]
-    auto = f" (auto on {'CUDA' if config.device.startswith('cuda') else 'a CPU'})" if config.refiner == "auto" else ""
+    cuda = config.device.startswith("cuda")
+    if mode == "embed" and config.refiner == "auto" and cuda:
+        why = ("no LLM loads: the LLM named has under 1 B parameters, and a small LLM's answers lose to the "
+               "sentence embedding (README, Refinement modes); --refiner hybrid asks it anyway")
+    auto = f" (auto on {'CUDA' if cuda else 'a CPU'})" if config.refiner == "auto" else ""
     found.add("refiner", f"{mode}{auto}: {why}")
 
 

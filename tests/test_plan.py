@@ -142,7 +142,7 @@ def test_config_json_in_weights_dir_changes_the_count(tmp_path):
                 qformer_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                     encoder_hidden_size=32, vocab_size=300),
                 text_config=text.to_dict(), num_query_tokens=4).save_pretrained(tmp_path / "blip2")
-    specs = {s.name: s for s in stage_specs(_chain(tmp_path))}
+    specs = {s.name: s for s in stage_specs(_chain(tmp_path, refiner="hybrid"))}  # a tiny LLM: auto would not ask it
     assert specs["llm"].source.endswith("config.json")
     head_dim = hidden // heads
     per_layer = 2 * hidden * hidden + 2 * hidden * kv * head_dim + 3 * hidden * inter + 2 * hidden

@@ -205,7 +205,7 @@ def test_ray_engine_resumes_after_kill_9_survives_a_killed_actor_and_equals_the_
 def test_stage_resources_follow_the_memory_plan_and_the_actor_counts(tiny_weights):
     from offline_seg.pipeline import Pipeline
 
-    pipeline = Pipeline(PipelineConfig(weights_dir=tiny_weights, device="cuda", labels=("dog",), gpu_mem="8GiB",
+    pipeline = Pipeline(PipelineConfig(weights_dir=tiny_weights, device="cuda", labels=("dog",), gpu_mem="8GiB", refiner="hybrid",
                                        engine="ray", llm="transformers:"))
     chain, plan = pipeline.chain, pipeline.memory_plan
     stages = ["labels", "detect", "post_refine", "segment", "write"]
@@ -236,7 +236,7 @@ def test_ray_gpu_shares_fit_the_card_and_one_llm_pool_serves_both_refinements(tm
     cluster with fewer cards is refused before any work instead of waiting forever."""
     from offline_seg.engines.ray_resources import gpus_requested, placement_error, worker_chain
     from offline_seg.pipeline import Pipeline
-    from offline_seg.plan.shares import pack, process_bytes
+    from offline_seg.plan.shares import pack
 
     pipeline = Pipeline(PipelineConfig(weights_dir=tmp_path, device="cuda", gpu_mem=f"{card}GiB", engine="ray"))
     chain, plan = pipeline.chain, pipeline.memory_plan
@@ -247,7 +247,7 @@ def test_ray_gpu_shares_fit_the_card_and_one_llm_pool_serves_both_refinements(tm
     assert pools["labels"].num_gpus == pools["post_refine"].num_gpus == 0  # they ask the one LLM pool
     models = {"tag": "tagger", "caption": "captioner", "detect": "detector", "segment": "segmenter", "llm": "llm"}
     for stage, model in models.items():
-        assert process_bytes(plan, model) <= pools[stage].num_gpus * plan.gpu_bytes  # fits its share of --gpu-mem
+        assert plan.process_bytes(model) <= pools[stage].num_gpus * plan.gpu_bytes  # fits its share of --gpu-mem
         assert pools[stage].num_gpus <= 1.0
     assert pools["llm"].num_gpus == plan.vllm_gpu_memory_utilization  # vLLM claims exactly its Ray share
     llm = worker_chain(chain, resources).model("llm")
@@ -257,7 +257,7 @@ def test_ray_gpu_shares_fit_the_card_and_one_llm_pool_serves_both_refinements(tm
     assert len(cards) == plan.cards
     for shares in cards:  # what Ray puts on one card adds up to at most that card, in shares and in bytes
         assert sum(shares) <= 1.0 + 1e-9
-    assert sum(process_bytes(plan, m) for m in models.values()) == plan.peak_bytes
+    assert sum(plan.process_bytes(m) for m in models.values()) == plan.peak_bytes
     if plan.peak_bytes <= plan.gpu_bytes:
         assert plan.cards == 1
     assert placement_error(resources, plan.cards) is None

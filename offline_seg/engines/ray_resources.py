@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from offline_seg.errors import InvalidInputError
-from offline_seg.plan.shares import cards_needed, gpu_shares
+from offline_seg.plan.shares import cards_needed
 from offline_seg.specs import STEP_MODELS, ChainSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def stage_resources(chain: ChainSpec, stages: Sequence[str], options: RayOptions
     if cuda and not plan.options.per_process:
         raise InvalidInputError("the Ray engine keeps every model loaded at once: plan it with "
                                 "PipelineConfig(engine='ray') (the CLI does so for --engine ray)")
-    shares = gpu_shares(plan) if cuda else {}
+    shares = plan.gpu_shares() if cuda else {}
     default = options.actors.get("*", 1)
     result = {}
     for stage in stages:

@@ -98,6 +98,21 @@ class MemoryPlan:
     def stage(self, name: str) -> StagePlan:
         return next(s for s in self.stages if s.name == name)
 
+    def process_bytes(self, model: str) -> int:
+        """What one process holding `model` takes on the card: weights, workspace (and KV cache), CUDA context."""
+        return self.stage(model).step_bytes + self.options.cuda_context_bytes
+
+    def gpu_shares(self) -> dict[str, float]:
+        """Per model, the share of one card its process asks for (`plan.shares`): a vLLM LLM its
+        `gpu_memory_utilization` (the same bytes, rounded as vLLM's flag is), any other its `process_bytes`."""
+        shares = {}
+        for stage in self.stages:
+            if stage.name == "llm" and self.vllm_gpu_memory_utilization is not None:
+                shares[stage.name] = self.vllm_gpu_memory_utilization
+            else:
+                shares[stage.name] = share_of(self.process_bytes(stage.name), self.gpu_bytes)
+        return shares
+
     @property
     def verdict(self) -> str:
         gib = f"{self.peak_bytes / GiB:.2f} of {self.gpu_bytes / GiB:.0f} GiB"

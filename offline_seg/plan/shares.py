@@ -4,10 +4,7 @@ server): the fraction each asks for, and how many cards a set of them takes."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable
-
-if TYPE_CHECKING:
-    from offline_seg.plan.residency import MemoryPlan
+from typing import Iterable
 
 # Ray keeps fractional resources to 1e-4; a share is rounded up to this step, never down, so a process never
 # asks for less of a card than it takes.
@@ -37,20 +34,3 @@ def pack(shares: Iterable[float]) -> list[list[float]]:
 def cards_needed(shares: Iterable[float]) -> int:
     """How many cards a set of processes with these shares packs onto."""
     return len(pack(shares))
-
-
-def process_bytes(plan: MemoryPlan, model: str) -> int:
-    """What one process holding `model` takes on the card: weights, workspace (and KV cache), CUDA context."""
-    return plan.stage(model).step_bytes + plan.options.cuda_context_bytes
-
-
-def gpu_shares(plan: MemoryPlan) -> dict[str, float]:
-    """Per model, the share of one card its process asks for: a vLLM LLM its `gpu_memory_utilization`
-    (the same bytes, rounded as vLLM's flag is), any other its `process_bytes`."""
-    shares = {}
-    for stage in plan.stages:
-        if stage.name == "llm" and plan.vllm_gpu_memory_utilization is not None:
-            shares[stage.name] = plan.vllm_gpu_memory_utilization
-        else:
-            shares[stage.name] = share_of(process_bytes(plan, stage.name), plan.gpu_bytes)
-    return shares
