@@ -1,8 +1,22 @@
-"""The bundled demo scene, drawn in code so the package ships no third-party photo."""
+"""What `offline-seg demo` segments: a real photo for the real CPU tier, a drawn scene for tiny models.
+
+The photo is "Chelsea the cat" by Stefan van der Walt, released under CC0 (no copyright restrictions) and
+bundled the same way by scikit-image (`skimage.data.chelsea`); see the README's credits.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image, ImageDraw
+
+DEMO_PHOTO = Path(__file__).with_name("data") / "chelsea.png"
+DEMO_PHOTO_CREDIT = "Chelsea the cat, by Stefan van der Walt (CC0), as bundled by scikit-image"
+
+
+def demo_photo() -> Image.Image:
+    """The bundled real photo (451x300, RGB)."""
+    return Image.open(DEMO_PHOTO).convert("RGB")
 
 
 def demo_image(width: int = 640, height: int = 480) -> Image.Image:

@@ -19,6 +19,9 @@ from offline_seg.stages.captioner import Blip2Captioner, Captioner
 from offline_seg.classes import ClassList, ensure_names
 from offline_seg.errors import InvalidInputError
 from offline_seg.stages.detector import Detector, GroundingDinoDetector
+from offline_seg.stages.centernet import CenterNetDetector, CenterNetSettings
+from offline_seg.stages.vocabulary import Vocabulary, build_vocabulary, check_coverage
+from offline_seg.models.centernet import CenterNetOnnx, read_class_names
 from offline_seg.io.images import load_image
 from offline_seg.io.outputs import MAX_CLASSES
 from offline_seg.llm.base import LLM
@@ -37,7 +40,7 @@ from offline_seg.stages.sam3 import (
     Sam3Thresholds,
 )
 from offline_seg.stages.segmenter import Segmenter, load_segmenter, resolve_point_prompt
-from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, is_sam3, parse_spec
+from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, is_closed_set, is_sam3, parse_spec
 from offline_seg.stages.examples import Example, build_examples, common_labels, with_additions
 from offline_seg.stages.shortlist import (DEFAULT_REFINER, MIN_HYBRID_LLM_PARAMS, REFINER_MODES, Embedder,
                                           GuidedRefiner, LabelEmbeddings, resolve_mode)
@@ -94,6 +97,8 @@ class PipelineConfig:
     # Where the chain runs, which decides its memory plan: "local" (stage-major, models loaded and freed per
     # chunk as the plan says) or "ray" (every model loaded at once, each in its own actor process).
     engine: str = "local"
+    # A closed-set detector (centernet) that cannot find some class of the list: an error instead of a warning.
+    require_all_classes: bool = False
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
@@ -199,6 +204,7 @@ class Pipeline:
         self._segmenter = segmenter
         self._embedder = embedder
         self._examples: list[Example] | None = None
+        self._vocabulary: Vocabulary | None = None
         self._refiner: Refiner | GuidedRefiner | None = None
         self._injected = {name for name, stage in (("tagger", tagger), ("captioner", captioner), ("llm", llm),
                                                     ("detector", detector), ("segmenter", segmenter),
@@ -218,6 +224,8 @@ class Pipeline:
         before the first image."""
         extra = [self.model_spec("embedder")] if self.uses_embedder and "embedder" not in self._injected else []
         self.chain.preflight(self.config.weights_dir, skip=self._injected, extra=extra)
+        if self.vocabulary is not None:
+            check_coverage(self.vocabulary, self.config.require_all_classes)
         llm = self.chain.model("llm")
         if start and llm is not None and llm.backend == "vllm_server" and llm.resident and "llm" not in self._injected:
             self.llm.start()  # type: ignore[attr-defined]
@@ -263,6 +271,8 @@ class Pipeline:
         c = self.config
         if self._detector is None and is_sam3(spec := self.model_spec("detector")):
             self._detector = Sam3Detector(spec.path, c.sam3_thresholds(), device=spec.device)
+        elif self._detector is None and is_closed_set(spec):
+            self._detector = CenterNetDetector(CenterNetOnnx(spec.path), CenterNetSettings.from_spec(spec))
         elif self._detector is None:
             self._detector = GroundingDinoDetector(
                 spec.path,
@@ -273,6 +283,17 @@ class Pipeline:
                 dtype=spec.torch_dtype(),
             )
         return self._detector
+
+    @property
+    def vocabulary(self) -> Vocabulary | None:
+        """A closed-set detector's class names on the class list, decided once by post-refinement (None for
+        an open-vocabulary detector, whose phrases are refined per image)."""
+        if self._vocabulary is None and is_closed_set(spec := self.model_spec("detector")):
+            names = list(getattr(self.detector, "class_names", None) or read_class_names(spec.path))
+            every_class = Detections(np.zeros((len(names), 4)), np.zeros(len(names)), names)  # one box per name
+            [(named, reasons)] = self.label_detections([every_class], vocabulary=False)
+            self._vocabulary = build_vocabulary(names, named.labels, self.config.classes, reasons)
+        return self._vocabulary
 
     @property
     def segmenter(self) -> Segmenter:
@@ -397,17 +418,26 @@ class Pipeline:
         if self.chain.labels_from == "gt":
             return labels_from_ground_truth(ground_truth, c.classes)
         given = labels if labels is not None else c.labels
+        if given is None and self.chain.labels_from == "all":  # a closed-set detector: every class is asked for
+            given = c.classes.foreground
         return None if given is None else self.given_labels(given)
 
     def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections:
         return self.detector.detect(image, list(labels)) if labels else Detections.empty()
 
-    def label_detections(self, detections: Sequence[Detections]) -> list[tuple[Detections, dict[str, str] | None]]:
+    def label_detections(self, detections: Sequence[Detections], labels: Sequence[Sequence[str]] | None = None,
+                         vocabulary: bool = True) -> list[tuple[Detections, dict[str, str] | None]]:
         """Class-list labels for the detections of several images: post-refinement with all distinct
         unknown phrases in one LLM batch, or phrases matched as-is when post-refinement is off. SAM 3's
-        detections are labelled already (each prompt is a class name): nothing to refine."""
+        detections are labelled already (each prompt is a class name): nothing to refine. A closed-set
+        detector's class names go through its vocabulary (refined once), kept only where the label is one
+        of that image's `labels`."""
         if self.chain.masks_from == "detector":
             return [(d, None) for d in detections]
+        if vocabulary and (known := self.vocabulary) is not None:
+            allowed = labels or [None] * len(detections)
+            return [(d.with_labels([known.label(p, a) for p in d.phrases]),
+                     {p: known.reasons[p] for p in dict.fromkeys(d.phrases)}) for d, a in zip(detections, allowed)]
         if not self.config.post_refine:
             classes = self.config.classes
             return [(d.with_labels(labels_without_llm(d.phrases, classes)), None) for d in detections]

@@ -34,12 +34,14 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "captioner": ("blip2",),
     # vllm_server: a vLLM OpenAI-compatible server that the run starts from vLLM's own venv and stops at its end
     "llm": ("transformers", "vllm_server", "vllm", "openai"),
-    "detector": ("grounding_dino", "sam3"),  # sam3: detects and segments (its masks are final)
+    # sam3: detects and segments (its masks are final); centernet: closed-set COCO-80 boxes on ONNX Runtime
+    "detector": ("grounding_dino", "sam3", "centernet"),
     "segmenter": ("sam", "onnx"),
     "embedder": ("minilm",),  # refinement's sentence embedder: small (90 MB), left out of the memory plan
 }
 COMPONENTS = {"ram_plus": "ram_plus", "blip2": "blip2", "transformers": "llm", "vllm": "llm", "vllm_server": "llm",
               "grounding_dino": "grounding_dino", "sam": "sam", "onnx": "sam_onnx", "sam3": "sam3",
+              "centernet": "centernet",
               "minilm": "embedder"}
 _KIND_ALIASES = {"grounding-dino": "grounding_dino", "vllm-server": "vllm_server"}  # CLI spellings
 # The LLM on a CUDA device is, unless named otherwise, a vLLM server the run manages: vLLM pins its own torch
@@ -47,7 +49,8 @@ _KIND_ALIASES = {"grounding-dino": "grounding_dino", "vllm-server": "vllm_server
 # transformers (vLLM does not read GGUF).
 CUDA_LLM_KIND = "vllm_server"
 VLLM_BACKENDS = ("vllm", "vllm_server")
-OFF_GPU_BACKENDS = ("onnx", "openai")  # ONNX Runtime on the CPU; a server in another process/host
+OFF_GPU_BACKENDS = ("onnx", "centernet", "openai")  # ONNX Runtime on the CPU; a server in another process/host
+CLOSED_SET_DETECTORS = ("centernet",)  # a fixed vocabulary: no recognition or pre-refinement is needed
 DTYPES = ("fp32", "fp16", "bf16")
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "auto": None, "": None}
 # Weight quantization: bitsandbytes int8/int4 in-flight (transformers), or vLLM's own methods.
@@ -64,6 +67,7 @@ BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "openai": ("model", "constraint", "concurrency", "timeout", "retries", "allow_remote"),
     "blip2": ("batch_size",),
     "ram_plus": ("batch_size",),
+    "centernet": ("threshold", "resize", "nms", "agnostic"),
 }
 COMMON_KEYS = ("device", "dtype", "quantization", "gpu_memory_utilization", "max_model_len")
 # Options that say where and how a model runs, not what it answers: left out of a spec's result key.
@@ -239,7 +243,7 @@ class ChainSpec:
 
     models: tuple[ModelSpec, ...]
     steps: tuple[str, ...]  # batch-runner steps, a subsequence of STEPS
-    labels_from: str = "llm"  # llm (pre-refinement) | tags (no pre-refinement) | given | gt
+    labels_from: str = "llm"  # llm (pre-refinement) | tags (no pre-refinement) | given | gt | all (closed set)
     boxes_from: str = "detector"  # detector | gt
     post_refine: bool = True
     masks_from: str = "segmenter"  # segmenter | detector (SAM 3's own masks, reused by the segment step)
@@ -334,6 +338,12 @@ def chain_spec(config: Any) -> ChainSpec:
             if not config.use_caption:
                 steps.remove("caption")
     detector = parse_spec(getattr(config, "detector", None), "detector", weights, device)
+    if is_closed_set(detector) and labels_from in ("llm", "tags"):
+        # A closed-set detector finds what it was trained on, whatever the prompt: recognising the scene
+        # (RAM++, BLIP-2) and pre-refining it (LLM) would change nothing. Every class of the list is asked
+        # for; post-refinement maps the detector's class names onto the list.
+        labels_from = "all"
+        steps = [s for s in steps if s not in ("tag", "caption")]
     sam3 = is_sam3(detector) and not config.oracle_boxes
     if sam3:  # SAM 3's detections are class names already, and its masks are final
         steps.remove("post_refine")
@@ -349,6 +359,11 @@ def chain_spec(config: Any) -> ChainSpec:
     return replace(chain, models=models)
 
 
+def is_closed_set(spec: ModelSpec | None) -> bool:
+    """Whether a detector's description is a closed-set detector (its own fixed class names as phrases)."""
+    return spec is not None and spec.backend in CLOSED_SET_DETECTORS
+
+
 def is_sam3(spec: ModelSpec | None) -> bool:
     """Whether a detector's description is SAM 3 (it detects and segments: no SAM pass, no post-refinement)."""
     return spec is not None and spec.backend == "sam3"
@@ -359,5 +374,5 @@ def _quant_spec(quantization: str | None) -> str | None:
     return None if quantization is None else f"blip2?quantization={quantization}"
 
 
-__all__ = ["BACKENDS", "ChainSpec", "MODELS", "ModelSpec", "STEPS", "STEP_MODELS", "chain_spec", "default_kind", "is_sam3",
-           "parse_spec"]
+__all__ = ["BACKENDS", "ChainSpec", "MODELS", "ModelSpec", "STEPS", "STEP_MODELS", "chain_spec", "default_kind",
+           "is_closed_set", "is_sam3", "parse_spec"]

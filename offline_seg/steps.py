@@ -80,7 +80,8 @@ class ChainModels(Protocol):
     def detect(self, image: Image.Image, labels: Sequence[str]) -> Detections: ...
     def ground_truth_boxes(self, ground_truth: np.ndarray, name: str) -> Detections: ...
     def ground_truth_for(self, image: Image.Image, name: str | None) -> np.ndarray: ...
-    def label_detections(self, detections: Sequence[Detections]) -> list[tuple[Detections, dict[str, str] | None]]: ...
+    def label_detections(self, detections: Sequence[Detections], labels: Sequence[Sequence[str]] | None = None
+                         ) -> list[tuple[Detections, dict[str, str] | None]]: ...
 
 
 class Steps:
@@ -140,7 +141,7 @@ class Steps:
 
     def _labels(self, items: list[Item]) -> list[Any]:
         pipeline = self.pipeline
-        fixed = [i for i in items if pipeline.chain.labels_from in ("gt", "given") or i.labels is not None]
+        fixed = [i for i in items if pipeline.chain.labels_from in ("gt", "given", "all") or i.labels is not None]
         values: dict[int, Any] = {
             id(i): _guard(lambda i=i: {"labels": pipeline.fixed_labels(self._truth(i), i.labels), "reply": None})
             for i in fixed
@@ -159,7 +160,8 @@ class Steps:
         return [detections_value(pipeline.detect(i.image, i.values["labels"]["labels"])) for i in items]
 
     def _post_refine(self, items: list[Item]) -> list[Any]:
-        labelled = self.pipeline.label_detections([detections_from(i.values["detect"]) for i in items])
+        labelled = self.pipeline.label_detections([detections_from(i.values["detect"]) for i in items],
+                                                  [i.values["labels"]["labels"] for i in items])
         return [{"labels": list(d.labels), "replies": replies} for d, replies in labelled]
 
     def _segment(self, items: list[Item]) -> list[Any]:

@@ -39,6 +39,8 @@ class ModelEntry:
     optional: bool = False  # not needed by the default chain (e.g. the ONNX CPU tier)
     archive: str = ""  # a .tgz/.tar URL to take `extract` (member -> file name) from
     extract: dict[str, str] = field(default_factory=dict)
+    archive_sha256: str = ""  # expected digest of `archive`, checked at pull
+    convert: tuple[str, ...] = ()  # converters (pip requirements) for a throwaway venv: `archive` -> the model
     revision: str = ""  # pins `repo` (a commit; a tag or branch is resolved to its commit at `pull`)
     url_revision: str = ""  # the commit `urls` name (as `{url_revision}`), recorded for their files
     sha256: dict[str, str] = field(default_factory=dict)  # expected digests of `urls` files, checked at pull
@@ -62,6 +64,8 @@ def load_manifest(path: Path | None = None) -> dict[str, ModelEntry]:
             optional=bool(raw.get("optional", False)),
             archive=raw.get("archive", ""),
             extract=dict(raw.get("extract", {})),
+            archive_sha256=raw.get("archive_sha256", ""),
+            convert=tuple(raw.get("convert", ())),
             revision=raw.get("revision", ""),
             url_revision=raw.get("url_revision", ""),
             sha256=dict(raw.get("sha256", {})),
@@ -251,7 +255,12 @@ class WeightsDir:
                 (directory / name).unlink()
                 raise InvalidInputError(f"{url} does not have the sha256 the manifest pins ({expected}); not kept")
             provenance[f"{key}/{name}"] = {"source": url, "revision": entry.url_revision}
-        if entry.archive:
+        if entry.archive and entry.convert:  # a model only a converter can read (e.g. TF.js): ONNX comes out
+            from offline_seg.models.centernet_pull import pull_centernet
+
+            provenance.update(pull_centernet(_fetch(entry.archive, entry.archive_sha256), directory, entry.convert,
+                                             entry.repo))
+        elif entry.archive:
             _extract_from_archive(entry.archive, entry.extract, directory)
             for name in entry.extract.values():
                 provenance[f"{key}/{name}"] = {"source": entry.archive, "revision": entry.revision or entry.repo}
@@ -267,14 +276,23 @@ def _download(url: str, target: Path) -> None:
         target.write_bytes(response.read())
 
 
-def _extract_from_archive(url: str, members: dict[str, str], directory: Path) -> None:
-    """Download a tar(.gz) and keep only the listed members, renamed; nothing else is written."""
-    import io
+def _fetch(url: str, sha256: str = "") -> bytes:
+    """The bytes at `url`, checked against `sha256` when the manifest pins one."""
     import urllib.request
 
     logger.info("downloading %s", url)
     with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - explicit pull on a connected host
         data = response.read()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise InvalidInputError(f"{url} does not have the sha256 the manifest pins ({sha256}); not used")
+    return data
+
+
+def _extract_from_archive(url: str, members: dict[str, str], directory: Path) -> None:
+    """Download a tar(.gz) and keep only the listed members, renamed; nothing else is written."""
+    import io
+
+    data = _fetch(url)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member, name in members.items():
             source = tar.extractfile(member)

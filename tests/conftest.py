@@ -58,6 +58,14 @@ def sam_onnx_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def centernet_dir() -> Path:
+    """The real CenterNet ONNX that scripts/setup.sh converts (`offline-seg weights pull centernet`)."""
+    directory = Path(os.environ.get("OFFLINE_SEG_CENTERNET", REPO / "weights" / "centernet"))
+    require_asset(directory / "centernet.onnx", "run `offline-seg weights pull centernet --weights weights`")
+    return directory
+
+
+@pytest.fixture(scope="session")
 def voc_mini() -> Path:
     """Five real VOC 2012 val crops with ground truth, in ../shared beside the checkout."""
     return require_asset(REPO.parent / "shared" / "data" / "voc-mini", "it ships in ../shared beside the checkout")

@@ -65,10 +65,16 @@ def test_weights_list_and_verify(tiny_weights):
     assert verify.exit_code == 0 and "files ok" in verify.output
 
 
-def test_demo_runs_the_whole_chain(tmp_path):
-    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+def test_demo_tiny_runs_the_whole_chain(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--tiny", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert "meaningless" in result.output
     record = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert record["recognition"]["tags"] and "pre_refine" in record["llm_replies"]
     assert (tmp_path / "demo" / "demo_overlay.png").is_file()
+
+
+def test_demo_without_real_weights_says_how_to_get_them(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 2 and "offline-seg weights pull" in result.output and "demo --tiny" in result.output
+    assert "centernet" in result.output and "Traceback" not in result.output

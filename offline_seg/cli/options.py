@@ -77,10 +77,17 @@ def _segment_options(func):
         *_refiner_options(),
         click.option("--no-phrase-cache", is_flag=True,
                      help="Do not reuse post-refinement answers of earlier runs (kept in ~/.cache/offline_seg)."),
-        click.option("--detector", help="grounding_dino[:DIR] (default: boxes, then --segmenter) or sam3[:DIR] "
+        click.option("--detector", help="grounding_dino[:DIR] (default: boxes, then --segmenter); sam3[:DIR] "
                      "(WEIGHTS/sam3): SAM 3 detects and segments each label as a concept prompt; its labels are "
                      "class names (no post-refinement) and its masks are final: SAM's two-pass point refinement "
-                     "(--points) and --segmenter do not apply."),
+                     "(--points) and --segmenter do not apply; centernet[:DIR][?threshold=T&resize=letterbox|squash"
+                     "&nms=IOU] (WEIGHTS/centernet, ONNX on the CPU): a closed-set COCO-80 detector, the CPU tier's "
+                     "(`--detector centernet --segmenter onnx`): it finds its 80 classes whatever the prompt, so no "
+                     "tagger, captioner or pre-refinement runs; post-refinement maps its class names onto the list "
+                     "once per run (airplane -> aeroplane, tv -> monitor, ...), --labels keeps only those labels."),
+        click.option("--require-all-classes", is_flag=True,
+                     help="--detector centernet: stop when a class of the list is one the detector can never find "
+                     "(default: a warning naming them)."),
         click.option("--sam3-score-threshold", type=click.FloatRange(0, 1), default=SCORE_THRESHOLD,
                      show_default=True, help="SAM 3: keep instances with sigmoid(logit) x presence above this."),
         click.option("--sam3-presence-threshold", type=click.FloatRange(0, 1), default=PRESENCE_THRESHOLD,
@@ -136,6 +143,7 @@ def _build_config(
     sam3_presence_threshold=PRESENCE_THRESHOLD,
     sam3_mask_threshold=MASK_THRESHOLD,
     engine="local",
+    require_all_classes=False,
 ):
     """The PipelineConfig the shared segment/run options describe. On a CUDA device without --gpu-mem the plan
     is made for the card's free memory (the local engine: a Ray cluster's cards are not this one)."""
@@ -186,6 +194,7 @@ def _build_config(
         sam3_presence_threshold=sam3_presence_threshold,
         sam3_mask_threshold=sam3_mask_threshold,
         engine=engine,
+        require_all_classes=require_all_classes,
     )
 
 

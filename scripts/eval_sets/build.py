@@ -16,6 +16,7 @@ Layout written (the VOC layout `offline-seg run` / `eval` read), one ground trut
     coco/SegmentationClass/<id>.png      COCO category ids (`--preset coco81`), 0 unlabeled, 255 void
     coco/SegmentationClassVOC/<id>.png   the same objects in VOC ids (`--preset voc`): the 20 VOC classes
                                          under their VOC names, every other object background, 255 void
+    coco/instances.json                  their COCO annotations (for box AP)
 
 COCO's instance polygons / RLE become one id map per image: instances painted largest first (a smaller
 object on top of a larger one keeps its pixels), crowd regions void (255) where no instance covers them.
@@ -144,19 +145,24 @@ def build(mirrors: Path, out: Path) -> None:
     for coco_id, voc_id in COCO_TO_VOC.items():
         voc_table[coco_id] = voc_id
     count = 0
+    merged: dict[str, list] = {"images": [], "annotations": [], "categories": []}
     for group in sources["coco"]:
         annotations = json.loads(fetch_checked(mirrors, group["annotations"]))
         by_image: dict[int, list[dict]] = {}
         for ann in annotations["annotations"]:
             by_image.setdefault(ann["image_id"], []).append(ann)
         infos = {info["id"]: info for info in annotations["images"]}
+        merged["categories"] = annotations["categories"]
         for item in group["images"]:
             info = infos[item["id"]]
             (out / "coco/JPEGImages" / f"{item['name']}.jpg").write_bytes(fetch_checked(mirrors, item["image"]))
             label = coco_id_map(by_image.get(item["id"], []), info["height"], info["width"])
             Image.fromarray(label).save(out / "coco/SegmentationClass" / f"{item['name']}.png")
             Image.fromarray(voc_table[label]).save(out / "coco/SegmentationClassVOC" / f"{item['name']}.png")
+            merged["images"].append(info)
+            merged["annotations"].extend(by_image.get(item["id"], []))
             count += 1
+    (out / "coco/instances.json").write_text(json.dumps(merged), encoding="utf-8")
     print(f"wrote {count} COCO images with ground truth (COCO and VOC ids) to {out / 'coco'}")
 
 
