@@ -57,19 +57,23 @@ def test_select_applies_threshold_per_class_nms_and_orders_by_score():
         [0, 0, 50, 50, 0.29, 0],  # below the threshold
         [10, 10, 10, 40, 0.95, 2],  # no area
     ])
-    detections = select(raw, COCO_NAMES, CenterNetSettings(threshold=0.3, nms=0.6))
+    detections = select(raw, COCO_NAMES, CenterNetSettings(threshold=0.3, nms=0.6, agnostic=1.0))
     assert detections.phrases == ["cat", "dog", "person"]
     np.testing.assert_allclose(detections.scores, [0.9, 0.7, 0.35])
     np.testing.assert_allclose(detections.boxes[0], [0, 0, 100, 100])
-    no_nms = select(raw, COCO_NAMES, CenterNetSettings(threshold=0.3, nms=1.0))
+    no_nms = select(raw, COCO_NAMES, CenterNetSettings(threshold=0.3, nms=1.0, agnostic=1.0))
     assert no_nms.phrases == ["cat", "cat", "dog", "person"]
+    # across classes (the default 0.9): the dog on the cat's spot is the same object called twice
+    assert select(raw, COCO_NAMES, CenterNetSettings(threshold=0.3)).phrases == ["cat", "person"]
 
 
 def test_detector_options_are_parsed_once_and_checked():
-    spec = parse_spec("centernet?threshold=0.25&resize=squash&nms=0.5", "detector", "w")
+    spec = parse_spec("centernet?threshold=0.2&resize=squash&nms=0.6&agnostic=1", "detector", "w")
     assert (spec.backend, spec.path, spec.component) == ("centernet", str(Path("w") / "centernet"), "centernet")
-    assert CenterNetSettings.from_spec(spec) == CenterNetSettings(0.25, "squash", 0.5)
-    for bad in ("centernet?resize=crop", "centernet?threshold=2", "centernet?threshold=x"):
+    assert CenterNetSettings.from_spec(spec) == CenterNetSettings(0.2, "squash", 0.6, 1.0)
+    assert CenterNetSettings.from_spec(parse_spec("centernet", "detector", "w")) == CenterNetSettings(0.25, "letterbox",
+                                                                                                  0.5, 0.9)
+    for bad in ("centernet?resize=crop", "centernet?threshold=2", "centernet?threshold=x", "centernet?agnostic=0"):
         with pytest.raises(InvalidInputError):
             CenterNetSettings.from_spec(parse_spec(bad, "detector", "w"))
     with pytest.raises(InvalidInputError, match="unknown option"):
@@ -86,7 +90,8 @@ def test_a_label_the_detector_names_outright_belongs_to_that_class_alone():
     assert vocabulary.reasons["hot dog"] == "not dog: owned by dog"
     assert vocabulary.reasons["airplane"] == "embed:aeroplane" and vocabulary.reasons["car"] == "exact"
     assert vocabulary.label("airplane", allowed=["dog"]) is None and vocabulary.label("airplane") == "aeroplane"
-    assert vocabulary.uncovered == [label for label in VOC.foreground if label not in {"dog", "aeroplane", "car", "monitor"}]
+    found = {"dog", "aeroplane", "car", "monitor"}
+    assert vocabulary.uncovered == [label for label in VOC.foreground if label not in found]
 
 
 def test_uncovered_classes_warn_or_stop(caplog):
@@ -136,4 +141,4 @@ def test_real_centernet_finds_the_demo_cat(centernet_dir):
     assert model.class_names[raw.classes[0]] == "cat" and 0.45 < raw.scores[0] < 0.65
     np.testing.assert_allclose(raw.boxes[0], [0, 3, 411, 296], atol=6)  # the cat fills the photo's left 90 %
     detections = CenterNetDetector(model, CenterNetSettings()).detect(demo_photo())
-    assert detections.phrases[0] == "cat" and all(s >= 0.3 for s in detections.scores)
+    assert detections.phrases[0] == "cat" and all(s >= CenterNetSettings().threshold for s in detections.scores)

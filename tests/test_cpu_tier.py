@@ -13,9 +13,11 @@ from click.testing import CliRunner
 
 from offline_seg.cli import main
 
-# voc-mini with the CPU tier's defaults measured 75.46 % mIoU here (README, scripts/bench_cpu_tier.py); the
-# floor leaves room for ONNX Runtime builds that differ in the last bits, not for a worse chain.
-VOC_MINI_FLOOR = 72.0
+# voc-mini with the CPU tier's defaults (letterbox, threshold 0.25, per-class NMS 0.5, gated 3 points) measured
+# 66.75 % mIoU (README, scripts/bench_cpu_tier.py); the floor leaves room for ONNX Runtime builds that differ in
+# the last bits (one of its 11 objects flipping), not for a worse chain. Threshold 0.30 would give 75.46 here and
+# lose 2-3 points on 158 COCO photos: the defaults are not tuned on these five crops.
+VOC_MINI_FLOOR = 63.0
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,8 @@ def cpu_weights(tmp_path_factory, centernet_dir, sam_onnx_dir, minilm_dir) -> Pa
 @pytest.fixture(scope="module")
 def voc_mini_run(tmp_path_factory, cpu_weights, voc_mini) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("cpu-run") / "run"
-    result = CliRunner().invoke(main, ["run", str(voc_mini / "JPEGImages"), "--preset", "voc", "--detector", "centernet",
-                                       "--segmenter", "onnx", "--weights", str(cpu_weights), "--out", str(out)])
+    result = CliRunner().invoke(main, ["run", str(voc_mini / "JPEGImages"), "--preset", "voc", "--detector",
+                                       "centernet", "--segmenter", "onnx", "--weights", str(cpu_weights), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, result.output
 

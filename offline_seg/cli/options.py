@@ -80,8 +80,8 @@ def _segment_options(func):
         click.option("--detector", help="grounding_dino[:DIR] (default: boxes, then --segmenter); sam3[:DIR] "
                      "(WEIGHTS/sam3): SAM 3 detects and segments each label as a concept prompt; its labels are "
                      "class names (no post-refinement) and its masks are final: SAM's two-pass point refinement "
-                     "(--points) and --segmenter do not apply; centernet[:DIR][?threshold=T&resize=letterbox|squash"
-                     "&nms=IOU] (WEIGHTS/centernet, ONNX on the CPU): a closed-set COCO-80 detector, the CPU tier's "
+                     "(--points) and --segmenter do not apply; centernet[:DIR][?threshold=0.25&resize=letterbox|squash"
+                     "&nms=0.5&agnostic=0.9] (WEIGHTS/centernet, ONNX on the CPU): a closed-set COCO-80 detector, the CPU tier's "
                      "(`--detector centernet --segmenter onnx`): it finds its 80 classes whatever the prompt, so no "
                      "tagger, captioner or pre-refinement runs; post-refinement maps its class names onto the list "
                      "once per run (airplane -> aeroplane, tv -> monitor, ...), --labels keeps only those labels."),

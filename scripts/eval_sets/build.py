@@ -17,6 +17,7 @@ Layout written (the VOC layout `offline-seg run` / `eval` read), one ground trut
     coco/SegmentationClassVOC/<id>.png   the same objects in VOC ids (`--preset voc`): the 20 VOC classes
                                          under their VOC names, every other object background, 255 void
     coco/instances.json                  their COCO annotations (for box AP)
+    coco/COCO-MINI.txt, coco/COCO_Tiny.txt  the image names of each of the two subsets
 
 COCO's instance polygons / RLE become one id map per image: instances painted largest first (a smaller
 object on top of a larger one keeps its pixels), crowd regions void (255) where no instance covers them.
@@ -146,6 +147,7 @@ def build(mirrors: Path, out: Path) -> None:
         voc_table[coco_id] = voc_id
     count = 0
     merged: dict[str, list] = {"images": [], "annotations": [], "categories": []}
+    names: dict[str, list[str]] = {}  # subset (repository name) -> its image names
     for group in sources["coco"]:
         annotations = json.loads(fetch_checked(mirrors, group["annotations"]))
         by_image: dict[int, list[dict]] = {}
@@ -159,10 +161,13 @@ def build(mirrors: Path, out: Path) -> None:
             label = coco_id_map(by_image.get(item["id"], []), info["height"], info["width"])
             Image.fromarray(label).save(out / "coco/SegmentationClass" / f"{item['name']}.png")
             Image.fromarray(voc_table[label]).save(out / "coco/SegmentationClassVOC" / f"{item['name']}.png")
+            names.setdefault(group["annotations"]["repo"].split("/")[1], []).append(item["name"])
             merged["images"].append(info)
             merged["annotations"].extend(by_image.get(item["id"], []))
             count += 1
     (out / "coco/instances.json").write_text(json.dumps(merged), encoding="utf-8")
+    for subset, stems in names.items():  # each half alone, e.g. to choose a setting on one and check it on the other
+        (out / f"coco/{subset}.txt").write_text("\n".join(stems) + "\n", encoding="utf-8")
     print(f"wrote {count} COCO images with ground truth (COCO and VOC ids) to {out / 'coco'}")
 
 
