@@ -20,7 +20,7 @@ from offline_seg.classes import ClassList, ensure_names
 from offline_seg.errors import InvalidInputError
 from offline_seg.stages.detector import Detector, GroundingDinoDetector
 from offline_seg.stages.centernet import CenterNetDetector, CenterNetSettings
-from offline_seg.stages.vocabulary import Vocabulary, build_vocabulary, check_coverage
+from offline_seg.stages.vocabulary import Vocabulary, build_vocabulary, check_coverage, undecided_by_embedding
 from offline_seg.models.centernet import CenterNetOnnx, read_class_names
 from offline_seg.io.images import load_image
 from offline_seg.io.outputs import MAX_CLASSES
@@ -292,7 +292,8 @@ class Pipeline:
             names = list(getattr(self.detector, "class_names", None) or read_class_names(spec.path))
             every_class = Detections(np.zeros((len(names), 4)), np.zeros(len(names)), names)  # one box per name
             [(named, reasons)] = self.label_detections([every_class], vocabulary=False)
-            self._vocabulary = build_vocabulary(names, named.labels, self.config.classes, reasons)
+            undecided = undecided_by_embedding(self.refiner, names, reasons or {}) if self.chain.post_refine else {}
+            self._vocabulary = build_vocabulary(names, named.labels, self.config.classes, reasons, undecided)
         return self._vocabulary
 
     @property

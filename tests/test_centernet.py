@@ -94,6 +94,28 @@ def test_a_label_the_detector_names_outright_belongs_to_that_class_alone():
     assert vocabulary.uncovered == [label for label in VOC.foreground if label not in found]
 
 
+def test_a_name_the_embedding_did_not_decide_is_not_guessed():
+    vocabulary = build_vocabulary(["clock", "tv"], ["monitor", "monitor"], VOC, {"clock": "embed:monitor"},
+                                  undecided={"clock": "the embedding did not decide (0.55, runner-up 0.48)"})
+    assert dict(vocabulary.labels) == {"clock": None, "tv": "monitor"}
+    assert vocabulary.reasons["clock"] == "not monitor: the embedding did not decide (0.55, runner-up 0.48)"
+
+
+def test_voc_vocabulary_of_the_real_embedder(tmp_path, minilm_dir):
+    """What post-refinement (the CPU default: the embedding alone) makes of COCO's 80 names for VOC."""
+    pipeline = Pipeline(PipelineConfig(classes=VOC, weights_dir=tmp_path, detector="centernet", segmenter="onnx",
+                                       embedder=str(minilm_dir)))
+    labels = pipeline.vocabulary.labels
+    assert {name: labels[name] for name in ("airplane", "motorcycle", "couch", "tv", "dining table", "potted plant",
+                                            "person", "dog")} == {
+        "airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa", "tv": "monitor",
+        "dining table": "dining-table", "potted plant": "potted-plant", "person": "person", "dog": "dog"}
+    for name in ("hot dog", "truck", "cup", "wine glass", "umbrella", "kite", "clock", "microwave", "keyboard",
+                 "giraffe", "toaster"):
+        assert labels[name] is None, (name, pipeline.vocabulary.reasons[name])
+    assert pipeline.vocabulary.uncovered == []
+
+
 def test_uncovered_classes_warn_or_stop(caplog):
     vocabulary = build_vocabulary(["cat"], ["cat"], ClassList.parse("background, cat, road, sky"))
     with caplog.at_level(logging.WARNING):
@@ -117,18 +139,19 @@ def test_closed_set_chain_skips_recognition_and_loads_only_its_own_models(tmp_pa
 
 
 def test_preflight_asks_for_centernet_sam_onnx_and_the_embedder_only(tmp_path):
+    weights = tmp_path / "weights"
     for name in ("centernet/centernet.onnx", "centernet/classes.json", "sam_onnx/encoder.onnx", "sam_onnx/decoder.onnx",
                  "embedder/config.json", "embedder/tokenizer.json", "embedder/model.safetensors"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    pipeline = Pipeline(PipelineConfig(classes=VOC, weights_dir=tmp_path, detector="centernet", segmenter="onnx"))
-    assert pipeline.chain.missing_files(tmp_path, extra=[pipeline.model_spec("embedder")]) == []
-    (tmp_path / "centernet" / "centernet.onnx").unlink()
+        (weights / name).parent.mkdir(parents=True, exist_ok=True)
+        (weights / name).write_bytes(b"")
+    pipeline = Pipeline(PipelineConfig(classes=VOC, weights_dir=weights, detector="centernet", segmenter="onnx"))
+    assert pipeline.chain.missing_files(weights, extra=[pipeline.model_spec("embedder")]) == []
+    (weights / "centernet" / "centernet.onnx").unlink()
     image = tmp_path / "x.png"
     Image.new("RGB", (32, 32)).save(image)
-    result = CliRunner().invoke(main, ["segment", str(image), "--weights", str(tmp_path), "--detector", "centernet",
+    result = CliRunner().invoke(main, ["segment", str(image), "--weights", str(weights), "--detector", "centernet",
                                        "--segmenter", "onnx", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "offline-seg weights pull centernet" in result.output
+    assert result.exit_code == 2 and "offline-seg weights pull centernet" in result.output, result.output
     assert "Traceback" not in result.output
 
 

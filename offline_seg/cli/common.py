@@ -141,7 +141,8 @@ class _Group(click.Group):
 def main() -> None:
     """Training-free zero-shot semantic segmentation with open models, fully offline.
 
-    Start with `offline-seg demo` (tiny random models, no downloads), then get real weights with
-    `offline-seg weights pull` on a connected machine.
+    Start with `offline-seg demo` (a real photo, real CPU models: centernet, sam_onnx and embedder, which
+    scripts/setup.sh pulls; `demo --tiny`: tiny random models, no weights), then get the other real weights
+    with `offline-seg weights pull` on a connected machine.
     """
 

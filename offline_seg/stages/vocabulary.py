@@ -5,9 +5,12 @@ names reach the class list through post-refinement, decided once per run for the
 same refiner as every phrase: exact name, sentence embedding, or the LLM), so `airplane` becomes VOC's
 `aeroplane`, `tv` its `monitor`, `couch` its `sofa`.
 
-One rule comes from the detector being closed-set: a label that one of its classes names outright belongs
-to that class alone. The detector has its own `dog`, so its `hot dog` is not a dog, whatever the words'
-nearness says; likewise `truck` is not VOC's `car`, `cup` not its `bottle`.
+Two rules come from the detector being closed-set. A label that one of its classes names outright belongs
+to that class alone: the detector has its own `dog`, so its `hot dog` is not a dog, whatever the words'
+nearness says; likewise `truck` is not VOC's `car`, `cup` not its `bottle`. And most of a fixed vocabulary is
+usually outside the list (60 of COCO's 80 classes for VOC), so a name the sentence embedding labels without
+deciding it (the refiner's own `accept`/`margin`: where hybrid mode would ask the LLM) is not guessed: on VOC
+the embedding alone would make `umbrella` and `kite` aeroplanes and `keyboard`, `microwave`, `clock` monitors.
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ class Vocabulary:
 
 
 def build_vocabulary(names: Sequence[str], refined: Sequence[str | None], classes: ClassList,
-                     reasons: Mapping[str, str] | None = None) -> Vocabulary:
+                     reasons: Mapping[str, str] | None = None, undecided: Mapping[str, str] | None = None
+                     ) -> Vocabulary:
     """The vocabulary from post-refinement's answer for each detector class name (`refined[i]` for
-    `names[i]`), with the ownership rule applied."""
+    `names[i]`), with the ownership rule applied; `undecided` (name -> why) are dropped."""
     reasons = dict(reasons or {})
+    undecided = dict(undecided or {})
     owners = {}
     for name in names:
         exact = classes.match(name)
@@ -69,12 +74,29 @@ def build_vocabulary(names: Sequence[str], refined: Sequence[str | None], classe
         owner = owners.get(label) if label is not None else None
         if owner is not None and owner != name:
             labels[name], why[name] = None, f"not {label}: owned by {owner}"
+        elif label is not None and name in undecided:
+            labels[name], why[name] = None, f"not {label}: {undecided[name]}"
         else:
             labels[name] = label
             why[name] = "exact" if label is not None and classes.match(name) == label else reasons.get(name, "refined")
     vocabulary = Vocabulary(labels, why, classes)
     logger.info("detector vocabulary on %s: %s", classes.name, vocabulary.describe())
     return vocabulary
+
+
+def undecided_by_embedding(refiner: object, names: Sequence[str], reasons: Mapping[str, str]) -> dict[str, str]:
+    """The names the sentence embedding labelled (`embed:` decisions) without deciding them: top similarity
+    below the refiner's `accept`, or within its `margin` of the runner-up; name -> why."""
+    embeddings, settings = getattr(refiner, "embeddings", None), getattr(refiner, "settings", None)
+    guessed = [name for name in names if str(reasons.get(name, "")).startswith("embed:")]
+    if embeddings is None or settings is None or not guessed:
+        return {}
+    found = {}
+    for name, ranking in zip(guessed, embeddings.ranked(guessed)):
+        top, runner_up = ranking[0][1], (ranking[1][1] if len(ranking) > 1 else -1.0)
+        if top < settings.accept or top - runner_up < settings.margin:
+            found[name] = f"the embedding did not decide ({top:.2f}, runner-up {runner_up:.2f})"
+    return found
 
 
 def check_coverage(vocabulary: Vocabulary, required: bool = False) -> None:
