@@ -7,7 +7,7 @@
 A set is `NAME=ROOT:PRESET[:GT_FOLDER[:LIST]]` (ROOT/JPEGImages + ROOT/GT_FOLDER, default SegmentationClass;
 LIST: a file of image names to keep; build the larger ones with scripts/eval_sets/build.py). Every number goes through the product's own code: the chain's
 `Pipeline` (detector, the vocabulary post-refinement decides, the ONNX SAM and its point strategies), the
-composer and `evaluation.metrics.ConfusionMatrix` (dataset-wide, void excluded, as `offline-seg eval`).
+composer and `evaluation.confusion.ConfusionMatrix` (dataset-wide, void excluded, as `offline-seg eval`).
 
 Tables printed (Markdown):
 1. detector settings x box-only SAM: `resize` x `threshold` x per-class `nms` x `agnostic` NMS, mIoU per set;
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg import ClassList, Pipeline, PipelineConfig
-from offline_seg.evaluation.metrics import ConfusionMatrix
+from offline_seg.evaluation.confusion import ConfusionMatrix
 from offline_seg.evaluation.oracle import GroundTruth
 from offline_seg.io.images import IMAGE_SUFFIXES
 from offline_seg.models.centernet import RESIZE_MODES, RawDetections
