@@ -11,8 +11,9 @@ from offline_seg.weights import LOCK_NAME, WeightsDir, load_manifest
 def test_manifest_lists_every_model_with_a_source():
     manifest = load_manifest()
     assert set(manifest) == {"ram_plus", "blip2", "grounding_dino", "sam", "llm", "llm_bf16", "sam_onnx", "embedder",
-                             "sam3"}
-    assert [key for key, entry in manifest.items() if entry.optional] == ["llm_bf16", "sam_onnx", "sam3"]
+                             "sam3", "centernet"}
+    assert [key for key, entry in manifest.items() if entry.optional] == ["llm_bf16", "sam_onnx", "centernet", "sam3"]
+    assert manifest["centernet"].convert == ("tensorflow-cpu==2.21.0", "tf2onnx==1.17.0")
     assert manifest["sam_onnx"].extract == {"package/dist/encoder.onnx": "encoder.onnx", "package/dist/sam.onnx": "decoder.onnx"}
     assert manifest["ram_plus"].files == ("ram_plus_swin_large_14m.pth",)
     assert "ram_tag_list.txt" in manifest["ram_plus"].urls
