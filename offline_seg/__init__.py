@@ -26,8 +26,12 @@ __all__ = [
 
 def __getattr__(name: str):
     # The pipeline imports torch and transformers; load it only when asked for.
-    if name in ("Pipeline", "PipelineConfig"):
-        from offline_seg import pipeline
+    if name == "Pipeline":
+        from offline_seg.pipeline import Pipeline
 
-        return getattr(pipeline, name)
+        return Pipeline
+    if name == "PipelineConfig":
+        from offline_seg.config import PipelineConfig
+
+        return PipelineConfig
     raise AttributeError(name)

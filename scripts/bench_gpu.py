@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 def bench_card(card_gib: float, args: argparse.Namespace, total: int) -> list[list[Any]]:
     import torch
 
-    from offline_seg.pipeline import PipelineConfig
+    from offline_seg.config import PipelineConfig
     from offline_seg.plan import PlanError, STEP_LABELS, fit_chain, stage_specs
     from offline_seg.specs import chain_spec
 

@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from offline_seg.io.outputs import save_result  # noqa: E402
-from offline_seg.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from offline_seg.pipeline import Pipeline  # noqa: E402
+from offline_seg.config import PipelineConfig  # noqa: E402
 from offline_seg.engines.runner import BatchRunner  # noqa: E402
 from offline_seg.io.inputs import find_images  # noqa: E402
 from offline_seg.engines.store import STORE_NAME  # noqa: E402

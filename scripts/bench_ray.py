@@ -31,7 +31,8 @@ from offline_seg.engines.ray_engine import RayOptions, RayRunner  # noqa: E402
 from offline_seg.engines.runner import STAGES, BatchRunner, RunSummary  # noqa: E402
 from offline_seg.io.inputs import find_images  # noqa: E402
 from offline_seg.engines.store import ResultStore  # noqa: E402
-from offline_seg.pipeline import Pipeline, PipelineConfig  # noqa: E402
+from offline_seg.pipeline import Pipeline  # noqa: E402
+from offline_seg.config import PipelineConfig  # noqa: E402
 
 from bench_pipeline import synthetic_images  # noqa: E402  (this script's folder is on sys.path)
 

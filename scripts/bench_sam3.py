@@ -28,7 +28,8 @@ from PIL import Image
 from offline_seg.classes import ClassList
 from offline_seg.demo import demo_image
 from offline_seg.io.images import IMAGE_SUFFIXES
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 
 VOC_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc-mini" / "JPEGImages"
 

@@ -162,7 +162,8 @@ def run_card(card: float, weights: Path, images: Path, out: Path, smoke_llm: Pat
 
     from offline_seg.engines.runner import BatchRunner
     from offline_seg.io.inputs import find_images
-    from offline_seg.pipeline import Pipeline, PipelineConfig
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.config import PipelineConfig
 
     smoke = smoke_llm is not None
     if not smoke:

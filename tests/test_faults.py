@@ -16,7 +16,8 @@ from PIL import Image
 from offline_seg.engines.runner import BatchRunner
 from offline_seg.io.inputs import find_images
 from offline_seg.engines.store import STORE_NAME, OutputLock, OutputLockedError, ResultStore
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 
 
 def _pictures(directory, names, size=(40, 30), seed=0):

@@ -11,7 +11,8 @@ import pytest
 
 from offline_seg import pipeline as pipeline_module
 from offline_seg.engines.runner import BatchRunner
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 from offline_seg.plan import PlanOptions, apply_plan, loaded_weight_bytes, plan_chain
 from offline_seg.specs import chain_spec
 

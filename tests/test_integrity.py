@@ -244,7 +244,8 @@ def test_every_setting_a_step_reads_is_in_its_key(tiny_weights, tmp_path):
     model field, held as the model's identity) for that step or a step it follows."""
     from offline_seg.engines.keys import MODEL_FIELDS, NEUTRAL_FIELDS, READS, StepKeys
     from offline_seg.engines.runner import BatchRunner, RunItem
-    from offline_seg.pipeline import Pipeline, PipelineConfig
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.config import PipelineConfig
 
     class Recording:
         def __init__(self, config):
@@ -291,7 +292,8 @@ def test_every_setting_a_step_reads_is_in_its_key(tiny_weights, tmp_path):
 
 def test_resolved_dtype_is_in_the_keys(tiny_weights):
     from offline_seg.engines.keys import stage_keys
-    from offline_seg.pipeline import Pipeline, PipelineConfig
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.config import PipelineConfig
 
     cpu = stage_keys(Pipeline(PipelineConfig(weights_dir=tiny_weights, device="cpu", refiner="embed")))
     cuda = stage_keys(Pipeline(PipelineConfig(weights_dir=tiny_weights, device="cuda", refiner="embed")))

@@ -6,7 +6,8 @@ import os
 import shutil
 
 from offline_seg.engines.runner import stage_keys
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 from offline_seg.weights import model_identity
 
 

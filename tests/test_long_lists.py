@@ -11,7 +11,8 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.cli import main
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 
 
 def test_ade20k_150_classes_segment_without_error(tiny_weights, tmp_path):

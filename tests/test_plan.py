@@ -18,7 +18,7 @@ from offline_seg.plan import (
     profile_all,
     stage_specs,
 )
-from offline_seg.pipeline import PipelineConfig
+from offline_seg.config import PipelineConfig
 from offline_seg.specs import chain_spec
 
 

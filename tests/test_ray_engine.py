@@ -29,7 +29,7 @@ from offline_seg.cli import main
 from offline_seg.engines.ray_engine import FAULT_ENV, RayOptions, parse_actors, stage_resources
 from offline_seg.engines.store import STORE_NAME, ResultStore
 from offline_seg.errors import InvalidInputError
-from offline_seg.pipeline import PipelineConfig
+from offline_seg.config import PipelineConfig
 
 # Bring the namespace's loopback up (SIOCGIFFLAGS / SIOCSIFFLAGS), then hold the namespace until stdin closes.
 _HOLDER = """

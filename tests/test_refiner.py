@@ -126,7 +126,8 @@ def test_constrained_pre_refine_can_answer_none_of_these_and_keeps_and_inside_la
 
 
 def test_nothing_named_means_the_detector_is_not_called():
-    from offline_seg.pipeline import Pipeline, PipelineConfig
+    from offline_seg.pipeline import Pipeline
+    from offline_seg.config import PipelineConfig
 
     class NoDetector:
         def detect(self, image, labels):

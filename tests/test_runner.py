@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from offline_seg.errors import InvalidInputError
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 from offline_seg.engines.runner import BatchRunner
 from offline_seg.io.inputs import find_images
 from offline_seg.engines.store import STORE_NAME, ResultStore

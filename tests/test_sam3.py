@@ -15,7 +15,8 @@ from offline_seg.demo import demo_image
 from offline_seg.engines.runner import BatchRunner
 from offline_seg.engines.store import ResultStore
 from offline_seg.errors import InvalidInputError
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 from offline_seg.specs import parse_spec
 from offline_seg.stages.sam3 import Sam3Detector, Sam3Thresholds, prompt_text
 from offline_seg.types import Detections

@@ -15,7 +15,8 @@ from offline_seg.models.sam_onnx import OnnxSam
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth
 from offline_seg.evaluation.confusion import ConfusionMatrix
 from offline_seg.io.images import load_image
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 from offline_seg.stages.segmenter import EncodeOnce, OnnxSamSegmenter
 
 VOC = ClassList.preset("voc")

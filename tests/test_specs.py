@@ -12,7 +12,8 @@ from PIL import Image
 
 from offline_seg.cli import main
 from offline_seg.errors import InvalidInputError, MissingWeightsError
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 from offline_seg.plan import PlanError, fit_chain, plan_for
 from offline_seg.specs import chain_spec, parse_spec
 

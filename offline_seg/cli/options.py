@@ -147,7 +147,7 @@ def _build_config(
 ):
     """The PipelineConfig the shared segment/run options describe. On a CUDA device without --gpu-mem the plan
     is made for the card's free memory (the local engine: a Ray cluster's cards are not this one)."""
-    from offline_seg.pipeline import PipelineConfig
+    from offline_seg.config import PipelineConfig
 
     if gpu_mem is None and device.startswith("cuda") and engine == "local":
         from offline_seg.gpus import free_memory_size

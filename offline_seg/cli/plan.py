@@ -45,7 +45,7 @@ def plan_command(gpu_mem: str, dtype: str, llm_quant: str | None, captioner_quan
     choice of precision; explicit --llm-quant / --captioner-quant are kept, as there."""
     _go_offline()
     _setup_logging(verbose)
-    from offline_seg.pipeline import PipelineConfig
+    from offline_seg.config import PipelineConfig
     from offline_seg.plan import (PlanError, PlanOptions, chain_options, fit_chain, format_cards, format_plan,
                                   plan_chain, profile_all, stage_specs)
     from offline_seg.specs import chain_spec

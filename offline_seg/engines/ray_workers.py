@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 
 from offline_seg.engines.runner import BatchRunner, RunItem
 from offline_seg.llm.base import ChatMessage, Constraint, LLMStats
-from offline_seg.pipeline import Pipeline, PipelineConfig
+from offline_seg.pipeline import Pipeline
+from offline_seg.config import PipelineConfig
 from offline_seg.specs import ChainSpec, ModelSpec
 from offline_seg.steps import StepFailure
 

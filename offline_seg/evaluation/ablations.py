@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from offline_seg.pipeline import PipelineConfig
+from offline_seg.config import PipelineConfig
 
 # row -> (PipelineConfig overrides, the paper's row name)
 ABLATIONS: dict[str, tuple[dict[str, object], str]] = {
