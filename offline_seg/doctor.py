@@ -64,7 +64,7 @@ def _version(distribution: str) -> str | None:
 
 def diagnose(config: Any, quick: bool = False, report: GpuReport | None = None) -> Diagnosis:
     """The checks for a run with `config` (a `PipelineConfig`) on this machine; `quick`: weights by size only."""
-    from offline_seg.specs import chain_spec
+    from offline_seg.chain import chain_spec
 
     found = Diagnosis()
     report = report or gpu_report()

@@ -28,7 +28,8 @@ from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_
 from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
 from offline_seg.stages.sam3 import MaskReuseSegmenter, Sam3Detector
 from offline_seg.stages.segmenter import Segmenter, load_segmenter
-from offline_seg.specs import ChainSpec, ModelSpec, chain_spec, is_closed_set, is_sam3, parse_spec
+from offline_seg.specs import ModelSpec, is_closed_set, is_sam3, parse_spec
+from offline_seg.chain import ChainSpec, chain_spec
 from offline_seg.stages.examples import Example, build_examples, common_labels, with_additions
 from offline_seg.stages.shortlist import Embedder, GuidedRefiner, LabelEmbeddings
 from offline_seg.stages.tagger import RamPlusTagger, Tagger

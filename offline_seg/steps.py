@@ -28,7 +28,7 @@ from offline_seg.stages.composer import compose
 from offline_seg.types import Detections, InstanceMasks, Recognition, SegmentationResult
 
 if TYPE_CHECKING:
-    from offline_seg.specs import ChainSpec
+    from offline_seg.chain import ChainSpec
     from offline_seg.stages.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)

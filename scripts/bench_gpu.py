@@ -75,7 +75,7 @@ def bench_card(card_gib: float, args: argparse.Namespace, total: int) -> list[li
 
     from offline_seg.config import PipelineConfig
     from offline_seg.plan import PlanError, STEP_LABELS, fit_chain, stage_specs
-    from offline_seg.specs import chain_spec
+    from offline_seg.chain import chain_spec
 
     chain = chain_spec(PipelineConfig(weights_dir=args.weights, device="cuda"))
     try:

@@ -16,7 +16,8 @@ from offline_seg.cli import main
 from offline_seg.demo import demo_photo
 from offline_seg.errors import InvalidInputError
 from offline_seg.models.centernet import COCO_NAMES, CenterNetOnnx, RawDetections, fit_image
-from offline_seg.specs import chain_spec, parse_spec
+from offline_seg.specs import parse_spec
+from offline_seg.chain import chain_spec
 from offline_seg.stages.centernet import CenterNetDetector, CenterNetSettings, select
 from offline_seg.stages.vocabulary import build_vocabulary, check_coverage
 

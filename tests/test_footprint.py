@@ -14,7 +14,7 @@ from offline_seg.engines.runner import BatchRunner
 from offline_seg.pipeline import Pipeline
 from offline_seg.config import PipelineConfig
 from offline_seg.plan import PlanOptions, apply_plan, loaded_weight_bytes, plan_chain
-from offline_seg.specs import chain_spec
+from offline_seg.chain import chain_spec
 
 try:
     import bitsandbytes  # noqa: F401 - the int8 / int4 loaders need it; it runs on a CPU since 0.46

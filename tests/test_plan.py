@@ -19,7 +19,7 @@ from offline_seg.plan import (
     stage_specs,
 )
 from offline_seg.config import PipelineConfig
-from offline_seg.specs import chain_spec
+from offline_seg.chain import chain_spec
 
 
 def _chain(weights, **config):

@@ -147,7 +147,8 @@ def test_auto_mode_counts_a_local_llm_from_its_config_and_warns(tmp_path, caplog
 
     from offline_seg import PipelineConfig
     from offline_seg.plan import llm_parameters
-    from offline_seg.specs import chain_spec, parse_spec
+    from offline_seg.specs import parse_spec
+    from offline_seg.chain import chain_spec
 
     LlamaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
                 num_key_value_heads=2).save_pretrained(tmp_path / "small")

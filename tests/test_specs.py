@@ -15,7 +15,8 @@ from offline_seg.errors import InvalidInputError, MissingWeightsError
 from offline_seg.pipeline import Pipeline
 from offline_seg.config import PipelineConfig
 from offline_seg.plan import PlanError, fit_chain, plan_for
-from offline_seg.specs import chain_spec, parse_spec
+from offline_seg.specs import parse_spec
+from offline_seg.chain import chain_spec
 
 
 def test_one_parser_for_every_stage(tmp_path):

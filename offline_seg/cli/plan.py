@@ -48,7 +48,7 @@ def plan_command(gpu_mem: str, dtype: str, llm_quant: str | None, captioner_quan
     from offline_seg.config import PipelineConfig
     from offline_seg.plan import (PlanError, PlanOptions, chain_options, fit_chain, format_cards, format_plan,
                                   plan_chain, profile_all, stage_specs)
-    from offline_seg.specs import chain_spec
+    from offline_seg.chain import chain_spec
 
     llm = llm_spec or f"{llm_backend.replace('-', '_')}:{weights_dir / 'llm'}"
     if llm_quant is not None:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from offline_seg.errors import InvalidInputError
 from offline_seg.plan.shares import cards_needed
-from offline_seg.specs import STEP_MODELS, ChainSpec, ModelSpec
+from offline_seg.specs import STEP_MODELS, ModelSpec
+from offline_seg.chain import ChainSpec
 
 if TYPE_CHECKING:
     from offline_seg.plan import MemoryPlan

@@ -15,7 +15,8 @@ from offline_seg.engines.runner import BatchRunner, RunItem
 from offline_seg.llm.base import ChatMessage, Constraint, LLMStats
 from offline_seg.pipeline import Pipeline
 from offline_seg.config import PipelineConfig
-from offline_seg.specs import ChainSpec, ModelSpec
+from offline_seg.specs import ModelSpec
+from offline_seg.chain import ChainSpec
 from offline_seg.steps import StepFailure
 
 logger = logging.getLogger(__name__)

@@ -157,7 +157,7 @@ class BatchRunner:
             self.pipeline.release(model)
 
     def active_stages(self) -> list[str]:
-        """The steps the chain runs, in order (decided once, by `offline_seg.specs.chain_spec`)."""
+        """The steps the chain runs, in order (decided once, by `offline_seg.chain.chain_spec`)."""
         return list(self.pipeline.chain.steps)
 
     # --- one stage over a chunk -----------------------------------------------------------------

@@ -114,7 +114,7 @@ def apply_plan(chain: Any, plan: MemoryPlan) -> Any:
 
 def plan_for(config: Any, gpu_bytes: int | str, options: PlanOptions | None = None) -> MemoryPlan:
     """The plan for a `PipelineConfig` as described: only the models its switches load."""
-    from offline_seg.specs import chain_spec
+    from offline_seg.chain import chain_spec
 
     return plan_chain(chain_spec(config), gpu_bytes, options)
 
