@@ -25,7 +25,7 @@ from offline_seg.llm.base import LLM
 from offline_seg.llm.registry import load_llm
 from offline_seg.models.embedder import load_embedder
 from offline_seg.stages.refiner import PromptTemplates, Refiner, labels_without_llm
-from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
+from offline_seg.stages.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
 from offline_seg.stages.sam3 import MaskReuseSegmenter, Sam3Detector
 from offline_seg.stages.segmenter import Segmenter, load_segmenter
 from offline_seg.specs import ModelSpec, is_closed_set, is_sam3, parse_spec

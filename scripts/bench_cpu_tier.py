@@ -33,7 +33,7 @@ from PIL import Image
 
 from offline_seg import ClassList, Pipeline, PipelineConfig
 from offline_seg.evaluation.confusion import ConfusionMatrix
-from offline_seg.evaluation.oracle import GroundTruth
+from offline_seg.stages.oracle import GroundTruth
 from offline_seg.io.images import IMAGE_SUFFIXES
 from offline_seg.models.centernet import RESIZE_MODES, RawDetections
 from offline_seg.models.sam_onnx import EncodedImage

@@ -33,7 +33,7 @@ from offline_seg.pipeline import Pipeline  # noqa: E402
 from offline_seg.config import PipelineConfig  # noqa: E402
 from offline_seg.engines.runner import BatchRunner  # noqa: E402
 from offline_seg.io.inputs import find_images  # noqa: E402
-from offline_seg.engines.store import STORE_NAME  # noqa: E402
+from offline_seg.io.store import STORE_NAME  # noqa: E402
 from offline_seg.tiny import make_tiny_weights  # noqa: E402
 
 

@@ -3,7 +3,7 @@
     python scripts/bench_points.py ../shared/data/voc-mini --segmenter onnx:weights/sam_onnx
 
 Reads a VOC-layout folder (JPEGImages/ + SegmentationClass/), prompts the segmenter with one box per
-connected component of each ground-truth class (`offline_seg.evaluation.oracle`), loosened per setting
+connected component of each ground-truth class (`offline_seg.stages.oracle`), loosened per setting
 (tight, each side out by 10 % / 20 % of the box, each side jittered by up to ±10 %, fixed seed), and for every
 point strategy and n_p prints the dataset-wide mIoU (confusion matrix, void excluded) next to box-only, the
 difference, and the seconds per image of the prompt decoding; writes a PNG plot. Each image is encoded once
@@ -23,7 +23,7 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.evaluation.confusion import ConfusionMatrix
-from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, loosen_boxes
+from offline_seg.stages.oracle import GroundTruth, boxes_from_ground_truth, loosen_boxes
 from offline_seg.io.images import IMAGE_SUFFIXES
 from offline_seg.stages.composer import compose
 from offline_seg.stages.points import STRATEGIES

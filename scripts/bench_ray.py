@@ -30,7 +30,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 from offline_seg.engines.ray_engine import RayOptions, RayRunner  # noqa: E402
 from offline_seg.engines.runner import STAGES, BatchRunner, RunSummary  # noqa: E402
 from offline_seg.io.inputs import find_images  # noqa: E402
-from offline_seg.engines.store import ResultStore  # noqa: E402
+from offline_seg.io.store import ResultStore  # noqa: E402
 from offline_seg.pipeline import Pipeline  # noqa: E402
 from offline_seg.config import PipelineConfig  # noqa: E402
 

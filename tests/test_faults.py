@@ -15,7 +15,7 @@ from PIL import Image
 
 from offline_seg.engines.runner import BatchRunner
 from offline_seg.io.inputs import find_images
-from offline_seg.engines.store import STORE_NAME, OutputLock, OutputLockedError, ResultStore
+from offline_seg.io.store import STORE_NAME, OutputLock, OutputLockedError, ResultStore
 from offline_seg.pipeline import Pipeline
 from offline_seg.config import PipelineConfig
 

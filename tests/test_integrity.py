@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from offline_seg.cli import main
-from offline_seg.engines.store import STORE_NAME
+from offline_seg.io.store import STORE_NAME
 from offline_seg.io.inputs import output_names, safe_name
 from offline_seg.io.outputs import UnsafeOutputError, output_path
 from scenes import write_scene

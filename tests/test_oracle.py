@@ -6,7 +6,7 @@ from PIL import Image
 
 from offline_seg.classes import ClassList
 from offline_seg.errors import InvalidInputError
-from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
+from offline_seg.stages.oracle import GroundTruth, boxes_from_ground_truth, labels_from_ground_truth, loosen_boxes
 from offline_seg.types import Detections
 
 CLASSES = ClassList.parse("background, cat, dog, car")

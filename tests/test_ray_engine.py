@@ -27,7 +27,7 @@ from PIL import Image
 
 from offline_seg.cli import main
 from offline_seg.engines.ray_engine import FAULT_ENV, RayOptions, parse_actors, stage_resources
-from offline_seg.engines.store import STORE_NAME, ResultStore
+from offline_seg.io.store import STORE_NAME, ResultStore
 from offline_seg.errors import InvalidInputError
 from offline_seg.config import PipelineConfig
 

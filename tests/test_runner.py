@@ -17,7 +17,7 @@ from offline_seg.pipeline import Pipeline
 from offline_seg.config import PipelineConfig
 from offline_seg.engines.runner import BatchRunner
 from offline_seg.io.inputs import find_images
-from offline_seg.engines.store import STORE_NAME, ResultStore
+from offline_seg.io.store import STORE_NAME, ResultStore
 
 
 def _images(directory, count, size=(64, 48)):

@@ -13,7 +13,7 @@ from offline_seg.classes import ClassList
 from offline_seg.cli import main
 from offline_seg.demo import demo_image
 from offline_seg.engines.runner import BatchRunner
-from offline_seg.engines.store import ResultStore
+from offline_seg.io.store import ResultStore
 from offline_seg.errors import InvalidInputError
 from offline_seg.pipeline import Pipeline
 from offline_seg.config import PipelineConfig

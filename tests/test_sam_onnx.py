@@ -12,7 +12,7 @@ from offline_seg.cli import main
 from offline_seg.stages.composer import compose
 from offline_seg.errors import MissingWeightsError
 from offline_seg.models.sam_onnx import OnnxSam
-from offline_seg.evaluation.oracle import GroundTruth, boxes_from_ground_truth
+from offline_seg.stages.oracle import GroundTruth, boxes_from_ground_truth
 from offline_seg.evaluation.confusion import ConfusionMatrix
 from offline_seg.io.images import load_image
 from offline_seg.pipeline import Pipeline

@@ -26,7 +26,7 @@ def report_command(run_dir: Path, gt_dir: Path | None, protocol: str, skip_missi
     _setup_logging(verbose)
     from offline_seg.evaluation.scoring import evaluate
     from offline_seg.evaluation.writers import summary_line
-    from offline_seg.io.report import write_report
+    from offline_seg.evaluation.report import write_report
     from offline_seg.io.runs import read_run
 
     run = read_run(run_dir, images_dir)

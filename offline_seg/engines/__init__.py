@@ -1,1 +1,1 @@
-"""Engines that run the chain over many images: the local stage-major runner and its SQLite store."""
+"""Engines that run the chain over many images: the local stage-major runner, its stage keys, and Ray."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from offline_seg.engines.store import settings_key
+from offline_seg.io.store import settings_key
 from offline_seg.errors import InvalidInputError, OfflineSegError
 from offline_seg.specs import ModelSpec
 
@@ -88,7 +88,7 @@ def field_identity(pipeline: Pipeline, name: str) -> Any:
 
 def examples_identity(pipeline: Pipeline) -> str:
     """The bytes of the few-shot images and label maps the examples are drawn from."""
-    from offline_seg.evaluation.oracle import GroundTruth
+    from offline_seg.stages.oracle import GroundTruth
     from offline_seg.io.inputs import find_images
     from offline_seg.stages.examples import find_ground_truth_dir, sample_images
     from offline_seg.weights import sha256_file
@@ -180,7 +180,7 @@ class StepKeys:
         directory = self.pipeline.config.ground_truth_dir
         if directory is None or (chain.labels_from != "gt" and chain.boxes_from != "gt"):
             return None
-        from offline_seg.evaluation.oracle import GroundTruth
+        from offline_seg.stages.oracle import GroundTruth
         from offline_seg.weights import sha256_file
 
         try:

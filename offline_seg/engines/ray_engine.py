@@ -31,7 +31,7 @@ from offline_seg.engines.ray_resources import (RayOptions, StageResources, gpus_
 from offline_seg.engines.ray_workers import FAULT_ENV, _decode, _encode, _LLMActor, _stage_task, _StageActor
 from offline_seg.engines.keys import llm_identity
 from offline_seg.engines.runner import BatchRunner, RunItem, RunSummary
-from offline_seg.engines.store import OutputLock, ResultStore
+from offline_seg.io.store import OutputLock, ResultStore
 from offline_seg.errors import OfflineSegError
 from offline_seg.io.inputs import output_names
 from offline_seg.pipeline import Pipeline

@@ -2,7 +2,7 @@
 
 Per chunk: tag all images, caption them, one batched pre-refinement, detect, one batched post-refinement,
 segment, compose and write. Each model is loaded once per run (the pipeline builds it lazily and keeps
-it). Every result goes into the output dir's SQLite store (`offline_seg.engines.store`) the moment it exists,
+it). Every result goes into the output dir's SQLite store (`offline_seg.io.store`) the moment it exists,
 keyed as `offline_seg.engines.keys` declares, so a re-run after a crash, `kill -9` or a changed setting
 recomputes only what is missing. The steps themselves are `offline_seg.steps`: the same code `segment` runs.
 """
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from offline_seg.engines.faults import fault_point
 from offline_seg.engines.keys import StepKeys
-from offline_seg.engines.store import OutputLock, ResultStore, WriteRecord
+from offline_seg.io.store import OutputLock, ResultStore, WriteRecord
 from offline_seg.errors import InvalidInputError
 from offline_seg.io.inputs import output_names
 from offline_seg.io.outputs import holds, save_result

@@ -1,1 +1,1 @@
-"""Scoring runs: metrics against ground truth, oracle inputs from ground truth, the paper's ablation rows."""
+"""Scoring runs: metrics against ground truth, the HTML report of a run, the paper's ablation rows."""

@@ -1,1 +1,1 @@
-"""Reading inputs and writing outputs: images, per-image result files."""
+"""Reading inputs and writing outputs: images, per-image result files, the run's SQLite store, exports."""

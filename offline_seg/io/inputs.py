@@ -26,7 +26,7 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None,
     `names`: a text file of image stems, one per line (e.g. VOC's `ImageSets/Segmentation/val.txt`), to
     keep only those images; a listed name with no image is an error, so a split never shrinks silently.
     """
-    from offline_seg.engines.store import STORE_NAME
+    from offline_seg.io.store import STORE_NAME
 
     source = Path(source)
     if source.is_file():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from offline_seg.classes import PRESETS, ClassList
-from offline_seg.engines.store import STORE_NAME, ImageRecord, ResultStore
+from offline_seg.io.store import STORE_NAME, ImageRecord, ResultStore
 from offline_seg.errors import InvalidInputError
 from offline_seg.io.images import IMAGE_SUFFIXES
 from offline_seg.io.inputs import safe_relative

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from offline_seg.engines.store import settings_key
+from offline_seg.io.store import settings_key
 
 logger = logging.getLogger(__name__)
 

@@ -104,7 +104,7 @@ def build_examples(root: Path, count: int, classes: ClassList, llm: LLM,
     """Sample `count` annotated images under `root`, recognise them, read their ground-truth labels and
     let the LLM explain each pair."""
     from offline_seg.io.inputs import find_images
-    from offline_seg.evaluation.oracle import GroundTruth, labels_from_ground_truth
+    from offline_seg.stages.oracle import GroundTruth, labels_from_ground_truth
 
     ground_truth = GroundTruth(find_ground_truth_dir(root), classes)
     _, images = find_images(Path(root))
