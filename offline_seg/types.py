@@ -114,6 +114,21 @@ class InstanceMasks:
         return cls(np.zeros((0, height, width), bool), np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), [])
 
 
+def instance_map(instances: InstanceMasks, height: int, width: int) -> np.ndarray:
+    """Which instance each pixel shows (-1: none): where masks overlap the higher detection score wins (on
+    equal scores, the earlier detection). The class map and the instance exports both follow it."""
+    winner = np.full((height, width), -1, dtype=np.int32)
+    if len(instances) == 0:
+        return winner
+    if instances.masks.shape[1:] != (height, width):
+        raise ValueError(f"masks are {instances.masks.shape[1:]}, expected {(height, width)}")
+    # Paint low to high so later (higher-scored) masks overwrite; lexsort's last key is the primary one.
+    order = np.lexsort((-np.arange(len(instances)), instances.scores))
+    for i in order:
+        winner[instances.masks[i]] = i
+    return winner
+
+
 @dataclass
 class SamPrediction:
     """One SAM decoder call for N boxes: what the point strategies compare and feed back."""
