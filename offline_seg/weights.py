@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from offline_seg.errors import InvalidInputError, MissingWeightsError
+from offline_seg.io.inputs import safe_relative, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,6 @@ class WeightsDir:
     def read_lock(self) -> dict[str, dict[str, object]]:
         """The lock file's records, checked: every entry a file under one of the manifest's folders (no
         absolute path, no `..`) with its sha256 and size; a damaged lock is one clear error."""
-        from offline_seg.io.inputs import safe_relative
-
         path = self.root / LOCK_NAME
         if not path.is_file():
             return {}
@@ -299,14 +298,6 @@ def _extract_from_archive(url: str, members: dict[str, str], directory: Path) ->
             if source is None:
                 raise InvalidInputError(f"{url} has no file {member}")
             (directory / name).write_bytes(source.read())
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Files up to this size are hashed by content (configs, weight indexes, tokenizers, tag lists and their

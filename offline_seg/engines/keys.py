@@ -89,9 +89,8 @@ def field_identity(pipeline: Pipeline, name: str) -> Any:
 def examples_identity(pipeline: Pipeline) -> str:
     """The bytes of the few-shot images and label maps the examples are drawn from."""
     from offline_seg.stages.oracle import GroundTruth
-    from offline_seg.io.inputs import find_images
+    from offline_seg.io.inputs import find_images, sha256_file
     from offline_seg.stages.examples import find_ground_truth_dir, sample_images
-    from offline_seg.weights import sha256_file
 
     c = pipeline.config
     root = Path(c.examples_from)
@@ -181,7 +180,7 @@ class StepKeys:
         if directory is None or (chain.labels_from != "gt" and chain.boxes_from != "gt"):
             return None
         from offline_seg.stages.oracle import GroundTruth
-        from offline_seg.weights import sha256_file
+        from offline_seg.io.inputs import sha256_file
 
         try:
             return sha256_file(GroundTruth(directory, self.pipeline.config.classes).path_for(item.stem))

@@ -22,12 +22,11 @@ from offline_seg.engines.faults import fault_point
 from offline_seg.engines.keys import StepKeys
 from offline_seg.io.store import OutputLock, ResultStore, WriteRecord
 from offline_seg.errors import InvalidInputError
-from offline_seg.io.inputs import output_names
+from offline_seg.io.inputs import output_names, sha256_file
 from offline_seg.io.outputs import holds, save_result
 from offline_seg.pipeline import Pipeline
 from offline_seg.specs import STEPS
 from offline_seg.steps import Item, StepFailure, Steps
-from offline_seg.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -98,6 +98,14 @@ def _safe_char(char: str) -> str:
     return char
 
 
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def safe_relative(text: str) -> str | None:
     """A relative path read back from a store or lock file, if it is safe (as `safe_name` leaves it)."""
     return text if text and safe_name(text) == text else None

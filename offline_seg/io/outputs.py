@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from offline_seg.classes import ClassList, voc_palette
 from offline_seg.errors import InvalidInputError
+from offline_seg.io.inputs import safe_name, safe_relative, sha256_file
 from offline_seg.types import SegmentationResult
 
 _PALETTE = voc_palette()
@@ -129,8 +130,6 @@ def output_path(out_dir: Path, name: str, kind: str = "mask") -> Path:
     """The one place a name becomes an output path: `OUT/<name><suffix of kind>`. The name must be a safe
     output name (`offline_seg.io.inputs.safe_name`: relative, no `..`, no control characters, short parts),
     and the path, with every symlink of its folders followed, must stay inside `out_dir`."""
-    from offline_seg.io.inputs import safe_name
-
     if not name or safe_name(name) != name:
         raise UnsafeOutputError(f"unsafe output name {name!r}: outputs stay inside --out under safe names")
     path = Path(out_dir) / f"{name}{OUTPUT_SUFFIXES[kind]}"
@@ -158,14 +157,12 @@ def written_for(path: Path, name: str) -> bool:
 
 def file_identity(path: Path) -> dict[str, object]:
     """Size and sha256 of a written file: what a later run checks before it calls the file done."""
-    from offline_seg.weights import sha256_file
 
     return {"size": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def holds(out_dir: Path, entry: dict[str, object]) -> bool:
     """Whether the file a write record lists is on disk as it was written (same size, same sha256)."""
-    from offline_seg.io.inputs import safe_relative
 
     relative = safe_relative(str(entry.get("path", "")))
     if relative is None or entry.get("sha256") is None:

@@ -16,10 +16,9 @@ from offline_seg.classes import PRESETS, ClassList
 from offline_seg.io.store import STORE_NAME, ImageRecord, ResultStore
 from offline_seg.errors import InvalidInputError
 from offline_seg.io.images import IMAGE_SUFFIXES
-from offline_seg.io.inputs import safe_relative
+from offline_seg.io.inputs import safe_relative, sha256_file
 from offline_seg.io.outputs import decode_rle
 from offline_seg.types import InstanceMasks, instance_map
-from offline_seg.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 
