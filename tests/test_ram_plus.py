@@ -8,13 +8,8 @@ import torch
 from PIL import Image
 
 from offline_seg.errors import MissingWeightsError
-from offline_seg.models.ram_plus import (
-    CHECKPOINT_NAME,
-    RamPlus,
-    RamPlusConfig,
-    load_ram_plus,
-    save_ram_plus,
-)
+from offline_seg.models.ram_plus import CHECKPOINT_NAME, RamPlus, RamPlusConfig
+from offline_seg.models.ram_plus_checkpoint import load_ram_plus, save_ram_plus
 from offline_seg.stages.tagger import RamPlusTagger, Tagger, split_tiles
 from offline_seg.tiny import ram_plus as tiny_ram_plus
 
@@ -121,7 +116,7 @@ def test_load_round_trip_and_fixups(tiny_dir, tmp_path, caplog):
     state["tagging_head." + key] = state.pop("vision_multi." + key)
     (tmp_path / "ram_plus_config.json").write_text((tiny_dir / "ram_plus_config.json").read_text())
     torch.save({"model": state}, tmp_path / "other.pth")
-    with caplog.at_level("INFO", logger="offline_seg.models.ram_plus"):
+    with caplog.at_level("INFO", logger="offline_seg.models.ram_plus_checkpoint"):
         loaded = load_ram_plus(tmp_path / "other.pth")
     assert "dropped 1 checkpoint keys" in caplog.text
     assert loaded.visual_encoder.layers[0].blocks[0].attn.relative_position_bias_table.shape == (7 * 7, 1)
@@ -137,7 +132,7 @@ def test_load_round_trip_and_fixups(tiny_dir, tmp_path, caplog):
 
 
 def test_interpolation_keeps_a_constant_table():
-    from offline_seg.models.ram_plus import _interpolate_bias_table
+    from offline_seg.models.ram_plus_checkpoint import _interpolate_bias_table
 
     table = torch.full((5 * 5, 2), 0.25)
     resized = _interpolate_bias_table(table, 7 * 7, "t")

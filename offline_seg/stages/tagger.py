@@ -115,7 +115,7 @@ class RamPlusTagger:
     def _load(self) -> None:
         import torch
 
-        from offline_seg.models.ram_plus import load_ram_plus
+        from offline_seg.models.ram_plus_checkpoint import load_ram_plus
 
         checkpoint = self.checkpoint_path()
         tag_file = self.model_dir / TAG_LIST_NAME

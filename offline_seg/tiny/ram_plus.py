@@ -34,7 +34,8 @@ def write(model_dir: Path, seed: int = 0, config=None) -> Path:
     random weights (scripts/gpu_check.sh); the same few tags fire whatever the size."""
     import torch
 
-    from offline_seg.models.ram_plus import CHECKPOINT_NAME, CONFIG_NAME, RamPlus, RamPlusConfig, save_ram_plus
+    from offline_seg.models.ram_plus import CHECKPOINT_NAME, CONFIG_NAME, RamPlus, RamPlusConfig
+    from offline_seg.models.ram_plus_checkpoint import save_ram_plus
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
