@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from offline_seg.errors import InvalidInputError, MissingWeightsError
-from offline_seg.models.sam_checkpoint import hf_to_official, infer_sam_config, load_sam_model, official_to_hf
+from offline_seg.models.sam_checkpoint import hf_to_official, infer_sam_config, official_to_hf
+from offline_seg.models.sam_loader import load_sam_model
 from offline_seg.stages.segmenter import SamSegmenter, TwoPassSegmenter, normalise_jointly, top_n_points
 from offline_seg.tiny import sam as tiny_sam
 from offline_seg.types import Detections, SamPrediction
@@ -375,7 +376,7 @@ def test_sam_hq_decode_matches_plain_processor_calls(variants, image):
 
 def test_sam2_decode_matches_a_full_forward(variants, image):
     """Reusing SAM 2's feature maps equals a forward on pixels with prompts scaled to the squashed square."""
-    from offline_seg.models.sam_checkpoint import Sam2PilProcessor
+    from offline_seg.models.sam_loader import Sam2PilProcessor
 
     segmenter = variants["sam2"]
     model, processor = segmenter.model, segmenter.processor

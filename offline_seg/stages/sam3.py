@@ -66,7 +66,7 @@ class Sam3Thresholds:
 def _image_processor(model_dir: Path, image_size: int) -> Any:
     """Torch-only preprocessing with the dir's own settings (`preprocessor_config.json`, or the
     `image_processor` of `processor_config.json`), SAM 3's defaults where it gives none."""
-    from offline_seg.models.sam_checkpoint import Sam2PilProcessor
+    from offline_seg.models.sam_loader import Sam2PilProcessor
 
     config: dict[str, Any] = {}
     for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):

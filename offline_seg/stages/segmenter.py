@@ -135,7 +135,7 @@ class TransformersSam:
     def load(self) -> tuple[Any, Any]:
         if self._model is None:
             from offline_seg.models.loading import loading
-            from offline_seg.models.sam_checkpoint import load_sam_model
+            from offline_seg.models.sam_loader import load_sam_model
 
             with loading("sam", self.model_path):
                 self._model, self._processor = load_sam_model(self.model_path, device=self.device, dtype=self.dtype)

@@ -152,7 +152,7 @@ def build_sam2(seed: int = 0) -> Sam2Model:
 
 
 def _processor():
-    from offline_seg.models.sam_checkpoint import default_processor
+    from offline_seg.models.sam_loader import default_processor
 
     return default_processor(IMAGE_SIZE)
 
