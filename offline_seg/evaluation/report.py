@@ -166,7 +166,7 @@ def render_report(run: Run, scores: EvalReport | None = None) -> str:
             policy = "left out" if scores.skip_missing else "scored as all-background, as eval does"
             summary += (f" ({len(scores.missing)} ground-truth image(s) without a prediction, "
                         f"{len(scores.failed)} unusable: {policy})")
-    template = Template(files("offline_seg.io").joinpath("report_template.html").read_text(encoding="utf-8"))
+    template = Template(files("offline_seg.evaluation").joinpath("report_template.html").read_text(encoding="utf-8"))
     return template.substitute(
         title=html.escape(f"offline_seg run: {run.root.name}"),
         summary=html.escape(summary),
