@@ -17,9 +17,10 @@ from offline_seg.cli.common import _scoring_options, _setup_logging, main
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Default: RUN_DIR/report.html.")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the input images are, when the run's recorded paths no longer hold them.")
+@click.option("--overwrite", is_flag=True, help="Replace an --out file that is not an earlier report.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug.")
 def report_command(run_dir: Path, gt_dir: Path | None, protocol: str, skip_missing: bool, gt_suffix: str,
-                   pred_suffix: str, out: Path | None, images_dir: Path | None, verbose: int) -> None:
+                   pred_suffix: str, out: Path | None, images_dir: Path | None, overwrite: bool, verbose: int) -> None:
     """Write one static HTML file for the run in RUN_DIR: overlays with their labels (filter by class,
     sort by score or IoU), per-class chart, confusion matrix, settings and failures. It needs no server
     and loads nothing from the network. With --gt the scores are `eval`'s, under the same options."""
@@ -34,7 +35,7 @@ def report_command(run_dir: Path, gt_dir: Path | None, protocol: str, skip_missi
     if gt_dir is not None:
         scores = evaluate(run.root, gt_dir, run.classes, protocol=protocol, skip_missing=skip_missing,
                           gt_suffix=gt_suffix, pred_suffix=pred_suffix)
-    path = write_report(run, out or run_dir / "report.html", scores)
+    path = write_report(run, out or run_dir / "report.html", scores, overwrite=overwrite)
     if scores is not None:
         click.echo(summary_line(scores))
     click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")

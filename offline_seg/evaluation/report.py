@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.classes import voc_palette
+from offline_seg.errors import InvalidInputError
 from offline_seg.evaluation.results import EvalReport
 from offline_seg.evaluation.writers import summary_line
 from offline_seg.io.runs import Run, RunImage
@@ -181,8 +183,30 @@ def render_report(run: Run, scores: EvalReport | None = None) -> str:
     )
 
 
-def write_report(run: Run, out: Path, scores: EvalReport | None = None) -> Path:
+GENERATOR = b'<meta name="generator" content="offline-seg report">'
+
+
+def written_by_report(path: Path) -> bool:
+    """Whether `path` is a report this command wrote (its generator tag near the top), so may be replaced."""
+    if not path.is_file() or path.is_symlink():
+        return False
+    with open(path, "rb") as handle:
+        return GENERATOR in handle.read(4096)
+
+
+def write_report(run: Run, out: Path, scores: EvalReport | None = None, overwrite: bool = False) -> Path:
+    """Write the page atomically; never over a file that is not an earlier report unless `overwrite`."""
     out = Path(out)
+    if out.is_dir():
+        raise InvalidInputError(f"--out {out} is a folder; give the report's file name, e.g. {out}/report.html")
+    if (out.exists() or out.is_symlink()) and not written_by_report(out) and not overwrite:
+        raise InvalidInputError(f"{out} exists and was not written by `offline-seg report`; move it away, choose "
+                                "another --out, or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(run, scores), encoding="utf-8")
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        partial.write_text(render_report(run, scores), encoding="utf-8")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return out

@@ -6,11 +6,14 @@ Checked once, before any model loads, with every path resolved (symlinks followe
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from offline_seg.errors import InvalidInputError
+from offline_seg.io.inputs import safe_relative
+from offline_seg.io.outputs import file_identity
 
 
 def _real(path: Path | str) -> str:
@@ -97,3 +100,61 @@ def check_export_target(out: Path, *, kind: str, run_dir: Path, input_folders: I
     if occupied and not ours and not overwrite:
         raise InvalidInputError(f"--out {out} exists and was not written by `offline-seg export`; pass "
                                 "--overwrite to replace it, or choose another --out")
+
+
+LEDGER_NAME = ".offline_seg_written.json"
+
+
+class Ledger:
+    """The files a command (`eval`) writes into a folder that may hold other files: one it wrote before
+    (the same size and sha256 as it recorded) is replaced; any other existing file is refused, one line,
+    unless `overwrite`. Its earlier files that this run does not write again (stale worst-image panels)
+    are removed, so the folder shows this result only."""
+
+    def __init__(self, folder: Path, command: str, overwrite: bool = False):
+        self.folder, self.command, self.overwrite = Path(folder), command, overwrite
+        self.path = self.folder / LEDGER_NAME
+        self.records = self._read()
+
+    def _read(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        files = data.get("files") if isinstance(data, dict) and data.get("command") == self.command else None
+        return {name: record for name, record in (files or {}).items()
+                if isinstance(record, dict) and safe_relative(name) == name}
+
+    def ours(self, path: Path) -> bool:
+        """Whether `path` (in the folder) is a file this command wrote and nobody changed since."""
+        record = self.records.get(Path(path).relative_to(self.folder).as_posix())
+        return record is not None and path.is_file() and not path.is_symlink() and file_identity(path) == record
+
+    def check(self, paths: Iterable[Path]) -> None:
+        """Refuse before writing: an existing file among `paths` that is not ours (a folder, a link, a
+        user's file), unless `overwrite` (a folder or link in the way is refused even then)."""
+        for path in paths:
+            if not (path.exists() or path.is_symlink()) or self.ours(path):
+                continue
+            if self.overwrite and path.is_file() and not path.is_symlink():
+                continue
+            raise InvalidInputError(f"{path} exists and was not written by `offline-seg {self.command}`; move it "
+                                    "away, choose another --out, or pass --overwrite")
+
+    def remove_stale(self, keep: Iterable[Path]) -> None:
+        """Delete the files this command wrote earlier and will not write now (only unchanged ones)."""
+        keep_names = {Path(p).relative_to(self.folder).as_posix() for p in keep}
+        for name in list(self.records):
+            path = self.folder / name
+            if name not in keep_names and self.ours(path):
+                path.unlink()
+                del self.records[name]
+
+    def record(self, paths: Iterable[Path]) -> None:
+        """Remember what was written (the ledger itself is replaced atomically)."""
+        for path in paths:
+            self.records[Path(path).relative_to(self.folder).as_posix()] = file_identity(path)
+        partial = self.path.with_name(f"{self.path.name}.partial-{os.getpid()}")
+        partial.write_text(json.dumps({"command": self.command, "files": self.records}, indent=1) + "\n",
+                           encoding="utf-8")
+        os.replace(partial, self.path)
