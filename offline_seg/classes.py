@@ -105,7 +105,14 @@ class ClassList:
             raise InvalidInputError(f"class list file not found: {path}")
         names: list[str] = []
         ids: list[int] = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidInputError(f"class list file {path} is not UTF-8 text ({error.reason} at byte "
+                                    f"{error.start}): one class name per line") from None
+        except OSError as error:
+            raise InvalidInputError(f"cannot read class list file {path}: {error.strerror or error}") from None
+        for number, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue

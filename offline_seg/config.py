@@ -13,6 +13,7 @@ from pathlib import Path
 
 from offline_seg.classes import ClassList, ensure_names
 from offline_seg.errors import InvalidInputError
+from offline_seg.gpus import check_device
 from offline_seg.io.outputs import MAX_CLASSES
 from offline_seg.llm.cache import default_cache_dir
 from offline_seg.specs import ModelSpec, is_sam3, parse_spec
@@ -76,6 +77,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir)
+        check_device(self.device)
         if self.engine not in ("local", "ray"):
             raise InvalidInputError(f"unknown engine {self.engine!r}; choose local or ray")
         backend = parse_spec(self.segmenter, "segmenter", self.weights_dir, self.device).backend

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from offline_seg.errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 MiB = 1024**2
@@ -90,3 +92,25 @@ def free_memory_size(device: str) -> str | None:
     """The free memory of `device`'s card as a `--gpu-mem` size (e.g. "23012MiB"), None if unknown."""
     card = card_for(device)
     return None if card is None else f"{card.free_bytes // MiB}MiB"
+
+
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_device(device: str, available: bool = False) -> None:
+    """Refuse a device this toolkit does not run on (`cpu`, `cuda`, `cuda:N`), and with `available` one this
+    machine's torch cannot reach: before any model loads, so the error names the device, not a weights file."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise InvalidInputError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if not available or device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InvalidInputError(f"--device {device}: this torch ({torch.__version__}) cannot use a CUDA card here "
+                                "(a CPU build, or no driver); install the GPU set with `GPU=1 bash scripts/setup.sh`, "
+                                "check with `offline-seg doctor`, or use --device cpu")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise InvalidInputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA card(s) "
+                                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")

@@ -16,6 +16,7 @@ from PIL import Image
 from offline_seg.stages.captioner import Blip2Captioner, Captioner
 from offline_seg.classes import ensure_names
 from offline_seg.errors import InvalidInputError
+from offline_seg.gpus import check_device
 from offline_seg.stages.detector import Detector, GroundingDinoDetector
 from offline_seg.stages.centernet import CenterNetDetector, CenterNetSettings
 from offline_seg.stages.vocabulary import Vocabulary, build_vocabulary, check_coverage, undecided_by_embedding
@@ -93,6 +94,8 @@ class Pipeline:
         takes GPU memory (a swapped one starts at its first step): a server that cannot start stops the run
         before the first image."""
         extra = [self.model_spec("embedder")] if self.uses_embedder and "embedder" not in self._injected else []
+        if any(model.stage not in self._injected for model in self.chain.models):
+            check_device(self.config.device, available=True)  # before a loader would blame its weights file
         self.chain.preflight(self.config.weights_dir, skip=self._injected, extra=extra)
         if self.vocabulary is not None:
             check_coverage(self.vocabulary, self.config.require_all_classes)

@@ -147,6 +147,8 @@ def test_cuda_out_of_memory_empties_the_cache_and_retries_once(tiny_weights, tmp
     calls = []
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the run's device check sees a card
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 
     def once_oom(image, labels):
         calls.append(1)

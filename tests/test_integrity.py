@@ -317,7 +317,7 @@ def test_one_class_list_per_out_and_eval_refuses_another(data, tiny_weights):
 
 
 # --- one line and the right exit code, never a traceback -------------------------------------------------
-def test_mistakes_are_found_before_any_model_loads(data, tmp_path):
+def test_mistakes_are_found_before_any_model_loads(data, tmp_path, tiny_weights):
     nowhere = tmp_path / "no-weights"  # nothing would load: each mistake must be found first
     for args, words in (
         (["--labels", "unicorn"], "'unicorn' is not in the class list"),
@@ -327,6 +327,23 @@ def test_mistakes_are_found_before_any_model_loads(data, tmp_path):
         result = cli("run", data / "in", "--weights", nowhere, "--out", tmp_path / "out", *args)
         assert result.exit_code == 2 and words in result.output, (args, result.output)
         assert "missing weights" not in result.output and "Traceback" not in result.output
+    (tmp_path / "latin1.txt").write_bytes("background\ncaf\xe9\n".encode("latin-1"))
+    for args, words in (
+        (["--classes", "cat, background, dog"], 'move \'background\' to the front, e.g. --classes "background, cat, dog"'),
+        (["--classes", tmp_path / "latin1.txt"], "latin1.txt is not UTF-8 text"),
+        (["--labels", " , "], "names no label"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "cuda", "--gpu-mem", "0"], "a memory size must be more than 0"),
+    ):
+        result = cli("run", data / "in", "--weights", nowhere, "--out", tmp_path / "out", *args)
+        assert result.exit_code == 2 and words in result.output, (args, result.output)
+        assert "missing weights" not in result.output and "Traceback" not in result.output
+    import torch
+
+    if not torch.cuda.is_available():  # a CPU build of torch: the device is named, not a weights file blamed
+        result = cli("run", data / "in", "--weights", tiny_weights, "--out", tmp_path / "out", "--device", "cuda")
+        assert result.exit_code == 2 and "--device cuda: this torch" in result.output, result.output
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
     long_inline = "background, " + ", ".join(f"a-rather-long-class-name-{i}" for i in range(20))
     result = cli("run", data / "in", "--weights", nowhere, "--out", tmp_path / "out", "--classes", long_inline)
     assert result.exit_code == 2 and "missing weights" in result.output  # the list itself was fine
@@ -446,6 +463,38 @@ def test_export_never_writes_over_ground_truth_the_run_or_foreign_files(data, fi
     for fmt, out in (("coco", data / "yolo"), ("yolo-seg", data / "coco.json")):
         result = cli("export", finished, "--format", fmt, "--out", out)
         assert result.exit_code == 2 and ("is a folder" in result.output or "is a file" in result.output)
+
+
+def test_eval_and_report_never_write_over_files_they_did_not_write(data, finished):
+    """eval's folder and report's file may sit among a user's files: only their own earlier outputs are
+    replaced (an earlier eval's stale worst panels go); anything else is one line, or --overwrite."""
+    folder = data / "scores"
+    folder.mkdir()
+    (folder / "summary.json").write_text("mine")
+    result = cli("eval", "--pred", finished, "--gt", data / "gt", "--out", folder)
+    assert result.exit_code == 2 and "was not written by `offline-seg eval`" in result.output, result.output
+    assert (folder / "summary.json").read_text() == "mine"
+    assert cli("eval", "--pred", finished, "--gt", data / "gt", "--out", folder, "--overwrite").exit_code == 0
+    assert json.loads((folder / "summary.json").read_text())["images"] == 2
+    assert sorted(p.name[3:] for p in (folder / "worst").iterdir()) == ["a.png", "b.png"]
+    assert cli("eval", "--pred", finished, "--gt", data / "gt", "--out", folder, "--worst", "1").exit_code == 0
+    assert len(list((folder / "worst").iterdir())) == 1  # its own stale panel removed
+    (folder / "per_class.md").write_text("edited by hand")
+    assert cli("eval", "--pred", finished, "--gt", data / "gt", "--out", folder).exit_code == 2
+    result = cli("eval", "--pred", finished, "--gt", data / "gt", "--out", finished)
+    assert result.exit_code == 2 and "is the prediction folder" in result.output
+
+    page = data / "page.html"
+    page.write_text("my notes")
+    for target in (page, data / "in" / "a.png"):
+        before = target.read_bytes()
+        result = cli("report", finished, "--out", target)
+        assert result.exit_code == 2 and "was not written by `offline-seg report`" in result.output
+        assert target.read_bytes() == before
+    assert cli("report", finished, "--out", data / "report.html").exit_code == 0
+    assert cli("report", finished, "--out", data / "report.html").exit_code == 0  # its own
+    assert cli("report", finished, "--out", page, "--overwrite").exit_code == 0 and "offline-seg report" in \
+        page.read_text()
 
 
 def test_exports_open_right_in_the_tools(data, tiny_weights):

@@ -50,10 +50,12 @@ def _class_list(preset: str | None, classes: str | None) -> ClassList:
         is_file = False
     class_list = ClassList.from_file(Path(classes)) if is_file else ClassList.parse(classes)
     if class_list.background.strip().lower() not in BACKGROUND_NAMES:
-        names = ", ".join(class_list.names)
+        elsewhere = [name for name in class_list.names if name.strip().lower() in BACKGROUND_NAMES]
+        order = [*elsewhere[:1], *(name for name in class_list.names if name not in elsewhere[:1])]
+        fix = (f"move {elsewhere[0]!r} to the front" if elsewhere else "put one first") + \
+            f", e.g. --classes \"{', '.join(order if elsewhere else ['background', *class_list.names])}\""
         raise InvalidInputError(f"the first class of a list is the background (the pixels no detection covers), "
-                                f"but it is {class_list.background!r}; put one first, e.g. --classes "
-                                f"\"background, {names}\"")
+                                f"but it is {class_list.background!r}; {fix}")
     return class_list
 
 

@@ -202,7 +202,11 @@ def _given_labels(labels: str, classes) -> tuple[str, ...]:
     """`--labels "cat, dog"`, or `all`: every class of the list but the background."""
     if labels.strip().lower() == "all":
         return tuple(classes.foreground)
-    return tuple(x.strip() for x in labels.split(",") if x.strip())
+    given = tuple(x.strip() for x in labels.split(",") if x.strip())
+    if not given:
+        raise click.BadParameter(f"{labels!r} names no label; give names of the class list (comma-separated) "
+                                 f"or `all`", param_hint="--labels")
+    return given
 
 
 def _echo_plan(pipeline) -> None:

@@ -194,6 +194,9 @@ def parse_size(text: str | int | float) -> int:
     if not match:
         raise InvalidInputError(f"cannot read a memory size from {text!r}; e.g. 8GiB, 12GB, 7680MiB")
     unit = (match.group(2) or "G")[0].upper()
-    return int(float(match.group(1)) * 1024 ** "KMGT".index(unit) * 1024)
+    size = int(float(match.group(1)) * 1024 ** "KMGT".index(unit) * 1024)
+    if size <= 0:
+        raise InvalidInputError(f"a memory size must be more than 0, not {text!r}; e.g. 8GiB")
+    return size
 
 
