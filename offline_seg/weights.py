@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tarfile
 import tomllib
 from dataclasses import dataclass, field
@@ -211,14 +212,29 @@ class WeightsDir:
                 report.setdefault(name, "unlocked")
         return report
 
-    def pack(self, archive: Path) -> Path:
-        """A plain tar of the weights dir and its lock file (weights do not compress)."""
+    def pack(self, archive: Path, overwrite: bool = False) -> Path:
+        """A plain tar of the weights dir and its lock file (weights do not compress), written beside, never
+        inside, the weights dir and never over an existing file unless `overwrite` (then only a plain file)."""
         archive = Path(archive)
-        with tarfile.open(archive, "w") as tar:
-            for path in self.files():
-                tar.add(path, arcname=str(path.relative_to(self.root)))
-            if (self.root / LOCK_NAME).is_file():
-                tar.add(self.root / LOCK_NAME, arcname=LOCK_NAME)
+        files = list(self.files())
+        if not files:
+            raise InvalidInputError(f"no model files in {self.root}: nothing to pack")
+        if os.path.commonpath([os.path.realpath(archive), os.path.realpath(self.root)]) == os.path.realpath(self.root):
+            raise InvalidInputError(f"{archive} lies inside the weights dir {self.root}; write the archive beside it")
+        if archive.exists() or archive.is_symlink():
+            if not overwrite or not archive.is_file() or archive.is_symlink():
+                raise InvalidInputError(f"{archive} exists; choose a new file name"
+                                        + (" or pass --overwrite" if archive.is_file() and not archive.is_symlink() else ""))
+        partial = archive.with_name(f".{archive.name}.partial-{os.getpid()}")
+        try:
+            with tarfile.open(partial, "w") as tar:
+                for path in files:
+                    tar.add(path, arcname=str(path.relative_to(self.root)))
+                if (self.root / LOCK_NAME).is_file():
+                    tar.add(self.root / LOCK_NAME, arcname=LOCK_NAME)
+            os.replace(partial, archive)
+        finally:
+            partial.unlink(missing_ok=True)
         return archive
 
     # --- connected side only ------------------------------------------------------------------

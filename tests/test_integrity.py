@@ -429,6 +429,27 @@ def test_make_tiny_refuses_a_non_empty_folder_and_verify_a_bad_lock(tmp_path):
         lock.write_text(text)
         result = cli("weights", "verify", "--weights", weights)
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
+    lock.unlink()
+
+
+def test_pack_and_convert_gguf_never_write_over_files(tmp_path):
+    weights = tmp_path / "weights"
+    (weights / "sam").mkdir(parents=True)
+    (weights / "sam" / "model.safetensors").write_bytes(b"real weights")
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(b"a photo")
+    for target, words in ((picture, "exists; choose a new file name or pass --overwrite"),
+                          (weights / "pack.tar", "lies inside the weights dir")):
+        result = cli("weights", "pack", target, "--weights", weights)
+        assert result.exit_code == 2 and words in result.output, result.output
+    assert picture.read_bytes() == b"a photo" and not (weights / "pack.tar").exists()
+    assert cli("weights", "pack", tmp_path / "w.tar", "--weights", weights).exit_code == 0
+    assert cli("weights", "pack", tmp_path / "w.tar", "--weights", weights).exit_code == 2
+    assert cli("weights", "pack", tmp_path / "w.tar", "--weights", weights, "--overwrite").exit_code == 0
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a gguf")
+    result = cli("llm", "convert-gguf", fake, tmp_path / "hf")
+    assert result.exit_code == 2 and "is not a GGUF file" in result.output and not (tmp_path / "hf").exists()
 
 
 # --- exports --------------------------------------------------------------------------------------------

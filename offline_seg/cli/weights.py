@@ -86,13 +86,15 @@ def weights_pull(models: tuple[str, ...], weights_dir: Path) -> None:
 
 
 @weights.command("pack")
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False))
 @_weights_dir_option
-def weights_pack(archive: Path, weights_dir: Path) -> None:
-    """Write the weights dir and its lock file into one tar ARCHIVE to carry across the air gap."""
+@click.option("--overwrite", is_flag=True, help="Replace an existing ARCHIVE file.")
+def weights_pack(archive: Path, weights_dir: Path, overwrite: bool) -> None:
+    """Write the weights dir and its lock file into one tar ARCHIVE to carry across the air gap (beside the
+    weights dir, never over an existing file without --overwrite)."""
     from offline_seg.weights import WeightsDir
 
-    click.echo(f"wrote {WeightsDir(weights_dir).pack(archive)}")
+    click.echo(f"wrote {WeightsDir(weights_dir).pack(archive, overwrite=overwrite)}")
 
 
 @weights.command("make-tiny")

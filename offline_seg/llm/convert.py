@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from offline_seg.errors import MissingWeightsError
+from offline_seg.errors import InvalidInputError, MissingWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +22,21 @@ def gguf_to_hf(gguf: Path, out_dir: Path, *, dtype: str = "bfloat16") -> Path:
     gguf, out_dir = Path(gguf), Path(out_dir)
     if not gguf.is_file():
         raise MissingWeightsError(gguf, component="llm")
+    with open(gguf, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise InvalidInputError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise InvalidInputError(f"{out_dir} is not an empty folder: the converted model is written only into a new "
+                                "or empty one")
     torch_dtype = getattr(torch, dtype)
     logger.info("converting %s to %s (%s)", gguf, out_dir, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise InvalidInputError(f"cannot read the model in {gguf} ({type(error).__name__}: {error}); is it a "
+                                "complete GGUF of an architecture transformers reads (e.g. Llama)?") from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
