@@ -74,6 +74,17 @@ def test_demo_tiny_runs_the_whole_chain(tmp_path):
     assert (tmp_path / "demo" / "demo_overlay.png").is_file()
 
 
+def test_demo_never_segments_or_replaces_a_users_file_nor_writes_into_weights(tmp_path, tiny_weights):
+    scene = tmp_path / "demo" / "input" / "demo.png"
+    scene.parent.mkdir(parents=True)
+    scene.write_bytes(b"my picture")
+    result = CliRunner().invoke(main, ["demo", "--tiny", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 2 and "is not the demo's picture" in result.output
+    assert scene.read_bytes() == b"my picture" and not (tmp_path / "demo" / "tiny-weights").exists()
+    result = CliRunner().invoke(main, ["demo", "--tiny", "--weights", str(tiny_weights), "--out", str(tiny_weights)])
+    assert result.exit_code == 2 and "is the weights folder" in result.output
+
+
 def test_demo_without_real_weights_says_how_to_get_them(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "demo")])
     assert result.exit_code == 2 and "offline-seg weights pull" in result.output and "demo --tiny" in result.output

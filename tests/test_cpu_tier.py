@@ -88,6 +88,10 @@ def test_exports_and_report_read_the_run(voc_mini_run, tmp_path):
 
 
 def test_demo_segments_the_bundled_photo_with_real_models(cpu_weights, tmp_path):
+    from offline_seg.demo import demo_image
+
+    (tmp_path / "demo" / "input").mkdir(parents=True)
+    demo_image().save(tmp_path / "demo" / "input" / "demo.png")  # an earlier `demo --tiny`: its scene is replaced
     result = CliRunner().invoke(main, ["demo", "--weights", str(cpu_weights), "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "demo" / "demo.json").read_text())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import io
 import time
 from pathlib import Path
 
@@ -10,7 +10,30 @@ import click
 
 from offline_seg.cli.common import _go_offline, _setup_logging, main
 from offline_seg.cli.segment import _run_segment
-from offline_seg.errors import MissingWeightsError
+from offline_seg.demo import DEMO_PHOTO, DEMO_PHOTO_CREDIT, demo_image
+from offline_seg.errors import InvalidInputError, MissingWeightsError
+from offline_seg.io.guards import check_out_dir
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _place_scene(scene: Path, data: bytes, other: bytes) -> None:
+    """Put this mode's picture at `scene`: the other mode's picture (an earlier demo) is replaced, a file
+    that is neither is a user's and is refused (one line), never segmented in the demo's name."""
+    if scene.is_file() and not scene.is_symlink():
+        current = scene.read_bytes()
+        if current == data:
+            return
+        if current != other:
+            raise InvalidInputError(f"{scene} is not the demo's picture; move it away or choose another --out")
+    elif scene.exists() or scene.is_symlink():
+        raise InvalidInputError(f"{scene} is in the way of the demo's picture; choose another --out")
+    scene.parent.mkdir(parents=True, exist_ok=True)
+    scene.write_bytes(data)
 
 
 @main.command()
@@ -32,28 +55,26 @@ def demo(weights_dir: Path | None, tiny: bool, out_dir: Path, device: str, verbo
                   llm=None, gpu_mem=None, captioner_quant=None, no_phrase_cache=False, unconstrained=False,
                   box_threshold=0.18, text_threshold=0.15, prompts_dir=None, verbose=verbose)
     scene = out_dir / "input" / "demo.png"  # the demo's own input, beside its outputs
-    scene.parent.mkdir(parents=True, exist_ok=True)
+    real_photo, drawn = DEMO_PHOTO.read_bytes(), _png(demo_image())
+    if not tiny:
+        weights_dir = weights_dir or Path("weights")
+    check_out_dir(out_dir, folders={"weights folder": [weights_dir]})  # the demo never writes into weights
     if tiny:
-        from offline_seg.demo import demo_image
-
+        _place_scene(scene, drawn, other=real_photo)
         if weights_dir is None:
             from offline_seg.tiny import make_tiny_weights
 
             weights_dir = out_dir / "tiny-weights"
             if not (weights_dir / "weights.lock.json").is_file():
+                if weights_dir.exists() and (not weights_dir.is_dir() or any(weights_dir.iterdir())):
+                    raise InvalidInputError(f"{weights_dir} holds files that are not tiny weights; choose another --out")
                 click.echo(f"writing tiny random models to {weights_dir} ...")
                 make_tiny_weights(weights_dir)
         click.secho("note: tiny random weights -> the masks below are meaningless; they show the flow only.",
                     fg="yellow")
-        if not scene.is_file():
-            demo_image().save(scene)
         _run_segment([scene], weights_dir=weights_dir, segmenter=None, **common)
         return
-    from offline_seg.demo import DEMO_PHOTO, DEMO_PHOTO_CREDIT
-
-    if not scene.is_file():
-        shutil.copyfile(DEMO_PHOTO, scene)
-    weights_dir = weights_dir or Path("weights")
+    _place_scene(scene, real_photo, other=drawn)
     start = time.perf_counter()
     try:
         _run_segment([scene], weights_dir=weights_dir, segmenter="onnx", detector="centernet", **common)

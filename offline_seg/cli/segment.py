@@ -50,7 +50,8 @@ def _run_segment(images: Sequence[Path], *, out_dir: Path, verbose: int, input_d
     for name in output_names(images):
         if name in summary.written:
             found = sorted(set(summary.written[name]))
-            say(f"{name}: {len(summary.written[name])} masks ({', '.join(found) or 'none'}) -> "
+            count = len(summary.written[name])
+            say(f"{name}: {count} mask{'' if count == 1 else 's'} ({', '.join(found) or 'none'}) -> "
                 f"{output_path(out_dir, name)}")
         elif name in summary.failed:
             say(f"skipped {name}: {summary.failed[name]}", fg="yellow", err=True)
