@@ -67,6 +67,9 @@ def test_llm_refine_prints_phrase_and_label(minilm_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["man, puppy: a man and his puppy on a couch\tdog, person, sofa", "cat\tcat"]
     assert CliRunner().invoke(main, common).exit_code != 0  # neither --phrases nor --captions
+    phrases.write_bytes(b"\xff\xfe not text\n")
+    result = CliRunner().invoke(main, [*common, "--phrases", str(phrases)])
+    assert result.exit_code == 2 and "is not UTF-8 text" in result.output and "unexpected" not in result.output
 
 
 def test_llm_refine_hybrid_runs_the_tiny_llm_on_a_shortlist(tiny_weights, tmp_path):

@@ -107,7 +107,12 @@ def llm_refine(phrases_file: Path | None, captions_file: Path | None, out_dir: P
 
 
 def _lines(path: Path) -> list[str]:
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): one entry "
+                                "per line") from None
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise InvalidInputError(f"{path} has no non-empty lines")
