@@ -37,6 +37,9 @@ def test_templates_from_a_directory(tmp_path):
     assert templates.system(templates.post_refine, ClassList.parse("bg, x")) == "POST bg, x"
     with pytest.raises(InvalidInputError):
         PromptTemplates.load(tmp_path / "nowhere")
+    (tmp_path / "pre_refine.txt").write_bytes(b"\xff PRE {labels}")
+    with pytest.raises(InvalidInputError, match="cannot read the prompt template"):
+        PromptTemplates.load(tmp_path)
 
 
 def test_pre_refine_builds_the_prompt_and_parses_reply():

@@ -42,7 +42,10 @@ class PromptTemplates:
             path = directory / name
             if not path.is_file():
                 raise InvalidInputError(f"prompt template not found: {path}")
-            texts.append(path.read_text(encoding="utf-8"))
+            try:
+                texts.append(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as error:
+                raise InvalidInputError(f"cannot read the prompt template {path} (UTF-8 text): {error}") from None
         return cls(*texts)
 
     def system(self, template: str, classes: ClassList) -> str:
