@@ -53,7 +53,7 @@ def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Pat
     out_dir = out_dir or pred_dir / "eval"
     check_out_dir(out_dir, folders={"ground-truth folder": [gt_dir], "input folder": [images_dir]})
     if os.path.realpath(out_dir) == os.path.realpath(pred_dir):
-        raise InvalidInputError(f"--out {out_dir} is the prediction folder: the report's PNGs would read as "
+        raise InvalidInputError(f"--out {out_dir} is the prediction folder: eval's own PNGs would read as "
                                 "predictions; choose another --out (default: PRED/eval)")
     ledger = Ledger(out_dir, "eval", overwrite)
     tables = [out_dir / name for name in ("per_class.csv", "per_class.md", "summary.json", "per_class.png")]
