@@ -27,6 +27,9 @@ class MissingWeightsError(OfflineSegError, FileNotFoundError):
             f"  then copy the weights directory here (see `offline-seg weights pack`)."
         )
 
+    def __reduce__(self):
+        """Pickled as it stands (message included), so it crosses to the driver from a Ray worker."""
+        return _restore, (type(self), self.args, self.__dict__)
 
     @classmethod
     def of(cls, missing: list[tuple[Path, str]], weights_dir: Path | str | None = None) -> MissingWeightsError:
@@ -53,3 +56,10 @@ class InvalidInputError(OfflineSegError, ValueError):
 class ModelLoadError(OfflineSegError):
     """A model's files are there but cannot be loaded (truncated, garbled, another format): the same for
     every image, so the run stops once, naming the file, and no image is marked failed for it."""
+
+
+def _restore(kind: type[OfflineSegError], args: tuple, state: dict) -> OfflineSegError:
+    error = kind.__new__(kind, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error

@@ -202,6 +202,24 @@ def test_ray_engine_resumes_after_kill_9_survives_a_killed_actor_and_equals_the_
     assert _stage_table(again.output)["write"] == (0, count)
 
 
+def test_a_damaged_model_in_an_actor_is_one_line_and_marks_no_image(ray_cluster, tiny_weights, tmp_path):
+    """The model loads in a worker: its ModelLoadError reaches the driver as the local engine says it (Ray's
+    wrapping, retry advice and traceback removed), exit 2, and no image is recorded as failed."""
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    (weights / "sam" / "config.json").write_text("{garbage")
+    source = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    command = ray_cluster.command(str(source), "--out", str(out), "--weights", str(weights), "--labels", "dog",
+                                  "--refiner", "embed")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load the sam model: ") and "config.json is damaged" in last
+    assert "Traceback" not in result.stderr and "Failed to apply UDF" not in result.stderr
+    assert all(status != "failed" for _, status in _statuses(out))
+
+
 def test_stage_resources_follow_the_memory_plan_and_the_actor_counts(tiny_weights):
     from offline_seg.pipeline import Pipeline
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -191,6 +192,9 @@ class RayRunner:
         ray = _import_ray()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
+        context.raise_original_map_exception = True  # a worker's own error (a damaged model) reaches the driver
+        for name in _RAY_ERROR_LOGGERS:  # they print a worker's traceback; the run says it in one line
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         chunk = self.local.chunk_size
         rows = [{"item": _encode(index, item, {}, None)} for index, item in enumerate(todo)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / chunk)))
@@ -221,8 +225,38 @@ class RayRunner:
                             fn_kwargs=dict(stage=stage, config=config, chain=chain, out_dir=out_dir),
                             num_cpus=resources.num_cpus or 1.0, max_retries=self.options.max_task_retries,
                         )
-            for row in dataset.iter_rows():
-                yield _decode(row["item"])
+            try:
+                for row in dataset.iter_rows():
+                    yield _decode(row["item"])
+            except Exception as error:  # noqa: BLE001 - Ray wraps a worker's error; ours is one line, as locally
+                cause = _toolkit_error(error)
+                if cause is None:
+                    raise
+                raise cause from None
         finally:
             for actor in pool:  # its vLLM server (if any) goes with it: the server's watchdog sees the actor end
                 ray.kill(actor)
+
+
+# Ray Data's loggers that print the traceback of an error a worker raised, before the driver sees it.
+_RAY_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+_RAY_RETRY_NOTE = re.compile(r"\nFailed to .* attempts \(total backoff .*\Z", re.S)
+
+
+def _toolkit_error(error: BaseException) -> OfflineSegError | None:
+    """The toolkit's own error inside what Ray raised (a damaged model in an actor, a server that cannot
+    start): Ray wraps it as RayTaskError(UserCodeException) with the original as a cause."""
+    seen: set[int] = set()
+    stack: list[object] = [error]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)  # RayTaskError(X) is also an X: its cause is the plain X
+        if isinstance(current, OfflineSegError) and not isinstance(cause, OfflineSegError):
+            if current.args and isinstance(current.args[0], str):  # Ray Data appends its retry advice
+                current.args = (_RAY_RETRY_NOTE.sub("", current.args[0]), *current.args[1:])
+            return current
+        stack += [current.__context__, current.__cause__, cause]
+    return None
