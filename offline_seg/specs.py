@@ -67,6 +67,14 @@ BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "ram_plus": ("batch_size",),
     "centernet": ("threshold", "resize", "nms", "agnostic"),
 }
+# Numeric options and their ranges (type, lowest, highest or None), checked at parse: a bad one stops the run
+# before any image instead of failing inside a backend.
+_NUMERIC_OPTIONS: dict[str, tuple[type, float, float | None]] = {
+    "port": (int, 0, 65535), "startup_timeout": (float, 1e-3, None), "timeout": (float, 1e-3, None),
+    "retries": (int, 0, None), "concurrency": (int, 1, None), "batch_size": (int, 1, None),
+    "tensor_parallel_size": (int, 1, None), "threshold": (float, 0.0, 1.0), "nms": (float, 0.0, 1.0),
+    "agnostic": (float, 0.0, 1.0),
+}
 COMMON_KEYS = ("device", "dtype", "quantization", "gpu_memory_utilization", "max_model_len")
 # Options that say where and how a model runs, not what it answers: left out of a spec's result key.
 _PLACEMENT_OPTIONS = ("python", "port", "startup_timeout", "concurrency", "timeout", "retries")
@@ -224,6 +232,8 @@ def parse_spec(text: str | Path | None, stage: str, weights_dir: Path | str = Pa
             fields["gpu_memory_utilization"] = share
         if "max_model_len" in options:
             fields["max_model_len"] = int(options.pop("max_model_len"))
+            if fields["max_model_len"] < 1:
+                raise InvalidInputError(f"max_model_len must be at least 1, not {fields['max_model_len']}")
     except ValueError as error:
         if isinstance(error, InvalidInputError):
             raise
@@ -231,6 +241,16 @@ def parse_spec(text: str | Path | None, stage: str, weights_dir: Path | str = Pa
     unknown = sorted(set(options) - set(BACKEND_OPTIONS.get(kind, ())))
     if unknown:
         raise InvalidInputError(f"unknown option(s) {', '.join(unknown)} for the {kind} {stage} backend")
+    for key in set(options) & set(_NUMERIC_OPTIONS):
+        number, lowest, highest = _NUMERIC_OPTIONS[key]
+        try:
+            value = number(options[key])
+        except ValueError:
+            value = None
+        if value is None or value < lowest or (highest is not None and value > highest):
+            bounds = f"from {lowest:g} to {highest:g}" if highest is not None else f"at least {lowest:g}"
+            raise InvalidInputError(f"option {key}={options[key]!r} of the {kind} {stage} backend must be "
+                                    f"{'a whole number' if number is int else 'a number'} {bounds}")
     return ModelSpec(stage=stage, backend=kind, path=target, device=fields.pop("device", device),
                      options=tuple(sorted(options.items())), explicit=frozenset(fields), **fields)
 

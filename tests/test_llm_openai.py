@@ -83,6 +83,21 @@ def test_refuses_hosts_that_are_not_this_machine():
     OpenAILLM("http://10.0.0.5:8000/v1", allow_remote=True)
 
 
+def test_a_refused_server_stops_the_run_before_any_image(tiny_weights, tmp_path):
+    """A description no run can use is the run's error (exit 2, one line), not every image's failure."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from offline_seg.cli import main
+
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+    for url, words in (("openai:http://example.org/v1", "not this machine"), ("openai:ftp://127.0.0.1/v1", "not an http")):
+        result = CliRunner().invoke(main, ["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
+                                           "--weights", str(tiny_weights), "--labels", "cat", "--refiner", "llm",
+                                           "--llm", url])
+        assert result.exit_code == 2 and words in result.output and "skipped" not in result.output, result.output
+
+
 def test_a_server_that_is_down_gives_one_clear_error_at_once():
     port = free_port()
     llm = OpenAILLM(f"http://127.0.0.1:{port}/v1", retries=5, backoff=1.0)

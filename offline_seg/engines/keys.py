@@ -123,6 +123,8 @@ def llm_identity(spec: ModelSpec) -> str:
 
     try:
         return str(load_llm(spec).identity)  # builds the client only: nothing is loaded
+    except InvalidInputError:
+        raise  # a description no run can use (a remote host refused, not a URL): the run stops at once
     except OfflineSegError as error:
         logger.warning("cannot ask %s which model it serves (%s); keying its results by the spec", spec.path, error)
         return spec.text()
