@@ -137,6 +137,11 @@ def test_labelstudio_image_url_template(prelabel_run, tmp_path):
     out = _export(prelabel_run, "labelstudio", tmp_path / "ls", "--image-url", "/data/upload/1/{file}")
     tasks = json.loads((out / "tasks.json").read_text())
     assert sorted(t["data"]["image"] for t in tasks) == ["/data/upload/1/plane.png", "/data/upload/1/walk.png"]
+    for template in ("/data/{foo}", "/data/{0}", "/data/{path"):  # a mistake is one line, nothing written
+        result = CliRunner().invoke(main, ["export", str(prelabel_run), "--format", "labelstudio", "--out",
+                                           str(tmp_path / "bad"), "--image-url", template])
+        assert result.exit_code == 2 and "may name only {path} and {file}" in result.output, result.output
+        assert not (tmp_path / "bad").exists()
 
 
 def _decode_colours(rgb: np.ndarray, colours: dict[tuple[int, int, int], int]) -> np.ndarray:

@@ -155,6 +155,11 @@ def export_labelstudio(run: Run, out: Path, image_url: str = LABEL_STUDIO_URL) -
     `labeling_config.xml` in `out`. `image_url` makes each task's image address from `{path}` (the input's
     absolute path without the leading slash, for Label Studio's local-files storage) or `{file}` (its
     file name in the export)."""
+    try:
+        image_url.format(path="p", file="f")
+    except (KeyError, IndexError, ValueError) as error:
+        raise InvalidInputError(f"--image-url {image_url!r} cannot be filled ({type(error).__name__}: {error}): "
+                                "it may name only {path} and {file}; write {{ and }} for literal braces") from None
     brush = _brush()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
