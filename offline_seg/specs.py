@@ -249,8 +249,9 @@ def parse_spec(text: str | Path | None, stage: str, weights_dir: Path | str = Pa
             value = None
         if value is None or value < lowest or (highest is not None and value > highest):
             bounds = f"from {lowest:g} to {highest:g}" if highest is not None else f"at least {lowest:g}"
-            raise InvalidInputError(f"option {key}={options[key]!r} of the {kind} {stage} backend must be "
-                                    f"{'a whole number' if number is int else 'a number'} {bounds}")
+            raise InvalidInputError(f"bad option in {stage} spec {raw!r}: {key} must be "
+                                    f"{'a whole number' if number is int else 'a number'} {bounds}, not "
+                                    f"{options[key]!r}")
     return ModelSpec(stage=stage, backend=kind, path=target, device=fields.pop("device", device),
                      options=tuple(sorted(options.items())), explicit=frozenset(fields), **fields)
 

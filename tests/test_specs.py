@@ -40,10 +40,10 @@ def test_one_parser_for_every_stage(tmp_path):
         parse_spec("D?quantization=int3", "llm")
     with pytest.raises(InvalidInputError, match="available: sam, onnx"):
         parse_spec("yolo:x", "segmenter")
-    for text, stage, words in (("vllm_server:D?port=99999", "llm", "port='99999' .* from 0 to 65535"),
+    for text, stage, words in (("vllm_server:D?port=99999", "llm", "port must be a whole number from 0 to 65535, not '99999'"),
                                ("vllm_server:D?port=x", "llm", "whole number"),
-                               ("openai:http://127.0.0.1:8000/v1?timeout=-1", "llm", "timeout='-1'"),
-                               ("centernet?threshold=2", "detector", "threshold='2' .* from 0 to 1"),
+                               ("openai:http://127.0.0.1:8000/v1?timeout=-1", "llm", "timeout must be a number at least 0.001"),
+                               ("centernet?threshold=2", "detector", "threshold must be a number from 0 to 1, not '2'"),
                                ("vllm:D?max_model_len=0", "llm", "max_model_len must be at least 1")):
         with pytest.raises(InvalidInputError, match=words):
             parse_spec(text, stage)
