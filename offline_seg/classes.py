@@ -12,6 +12,7 @@ import numpy as np
 from offline_seg.datasets import (ADE20K_150, CITYSCAPES, CITYSCAPES_IDS, COCO81_ENTRIES, COCO_STUFF_STUFF, DRAM,
                                   DRAM_IDS, PASCAL_CONTEXT_59, VOC)
 from offline_seg.errors import InvalidInputError
+from offline_seg.textfiles import read_text
 
 # The dataset id of a class the ground truth never holds: the background of the long lists (and of Cityscapes
 # under its standard protocol). Such a class is not in the mean: see `ClassList.scored`.
@@ -105,13 +106,7 @@ class ClassList:
             raise InvalidInputError(f"class list file not found: {path}")
         names: list[str] = []
         ids: list[int] = []
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise InvalidInputError(f"class list file {path} is not UTF-8 text ({error.reason} at byte "
-                                    f"{error.start}): one class name per line") from None
-        except OSError as error:
-            raise InvalidInputError(f"cannot read class list file {path}: {error.strerror or error}") from None
+        text = read_text(path, "class list file", "one class name per line")
         for number, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:

@@ -38,7 +38,7 @@ def test_templates_from_a_directory(tmp_path):
     with pytest.raises(InvalidInputError):
         PromptTemplates.load(tmp_path / "nowhere")
     (tmp_path / "pre_refine.txt").write_bytes(b"\xff PRE {labels}")
-    with pytest.raises(InvalidInputError, match="cannot read the prompt template"):
+    with pytest.raises(InvalidInputError, match="the prompt template .* is not UTF-8 text"):
         PromptTemplates.load(tmp_path)
 
 

@@ -12,6 +12,7 @@ from offline_seg.errors import InvalidInputError
 from offline_seg.cli.common import _go_offline, _setup_logging, main
 from offline_seg.cli.options import _segment_options
 from offline_seg.types import Recognition
+from offline_seg.textfiles import read_text
 
 
 @main.group()
@@ -107,12 +108,7 @@ def llm_refine(phrases_file: Path | None, captions_file: Path | None, out_dir: P
 
 
 def _lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise InvalidInputError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): one entry "
-                                "per line") from None
-    lines = [line.strip() for line in text.splitlines()]
+    lines = [line.strip() for line in read_text(path, "the file", "one entry per line").splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise InvalidInputError(f"{path} has no non-empty lines")

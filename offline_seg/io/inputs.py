@@ -11,6 +11,7 @@ from typing import Sequence
 
 from offline_seg.errors import InvalidInputError
 from offline_seg.io.images import IMAGE_SUFFIXES
+from offline_seg.textfiles import read_text
 
 # Dataset layouts: the image folder inside a dataset root.
 DATASET_IMAGE_DIRS = ("JPEGImages", "leftImg8bit", "val2017", "images")
@@ -54,10 +55,8 @@ def find_images(source: Path, recursive: bool = True, names: Path | None = None,
         dirs.sort()
     images.sort()
     if names is not None:
-        try:
-            wanted = [line.strip() for line in Path(names).read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as error:
-            raise InvalidInputError(f"cannot read the image list {names}: {error}") from None
+        text = read_text(names, "the image list", "one image name per line")
+        wanted = [line.strip() for line in text.splitlines() if line.strip()]
         by_stem = {p.stem: p for p in images}
         absent = [name for name in wanted if name not in by_stem]
         if absent:

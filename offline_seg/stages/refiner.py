@@ -14,6 +14,7 @@ from offline_seg.errors import InvalidInputError
 from offline_seg.llm.base import LLM, ChatMessage, LabelList, accepts_constraint
 from offline_seg.llm.cache import PhraseCache
 from offline_seg.types import Recognition
+from offline_seg.textfiles import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,7 @@ class PromptTemplates:
             path = directory / name
             if not path.is_file():
                 raise InvalidInputError(f"prompt template not found: {path}")
-            try:
-                texts.append(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError) as error:
-                raise InvalidInputError(f"cannot read the prompt template {path} (UTF-8 text): {error}") from None
+            texts.append(read_text(path, "the prompt template"))
         return cls(*texts)
 
     def system(self, template: str, classes: ClassList) -> str:
