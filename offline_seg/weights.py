@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from offline_seg.errors import InvalidInputError, MissingWeightsError
+from offline_seg.io.atomic import write_atomically
 from offline_seg.io.inputs import safe_relative, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -225,17 +226,14 @@ class WeightsDir:
             if not overwrite or not archive.is_file() or archive.is_symlink():
                 raise InvalidInputError(f"{archive} exists; choose a new file name"
                                         + (" or pass --overwrite" if archive.is_file() and not archive.is_symlink() else ""))
-        partial = archive.with_name(f".{archive.name}.partial-{os.getpid()}")
-        try:
-            with tarfile.open(partial, "w") as tar:
+        def write(target: Path) -> None:
+            with tarfile.open(target, "w") as tar:
                 for path in files:
                     tar.add(path, arcname=str(path.relative_to(self.root)))
                 if (self.root / LOCK_NAME).is_file():
                     tar.add(self.root / LOCK_NAME, arcname=LOCK_NAME)
-            os.replace(partial, archive)
-        finally:
-            partial.unlink(missing_ok=True)
-        return archive
+
+        return write_atomically(archive, write)
 
     # --- connected side only ------------------------------------------------------------------
     def pull(self, key: str) -> Path:

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -24,6 +23,7 @@ from PIL import Image
 
 from offline_seg.classes import voc_palette
 from offline_seg.errors import InvalidInputError
+from offline_seg.io.atomic import write_atomically
 from offline_seg.evaluation.results import EvalReport
 from offline_seg.evaluation.writers import summary_line
 from offline_seg.io.runs import Run, RunImage
@@ -203,10 +203,5 @@ def write_report(run: Run, out: Path, scores: EvalReport | None = None, overwrit
         raise InvalidInputError(f"{out} exists and was not written by `offline-seg report`; move it away, choose "
                                 "another --out, or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        partial.write_text(render_report(run, scores), encoding="utf-8")
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-    return out
+    page = render_report(run, scores)
+    return write_atomically(out, lambda target: target.write_text(page, encoding="utf-8"))

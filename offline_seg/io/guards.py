@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from offline_seg.errors import InvalidInputError
+from offline_seg.io.atomic import write_atomically
 from offline_seg.io.inputs import safe_relative
 from offline_seg.io.outputs import file_identity
 
@@ -154,7 +155,5 @@ class Ledger:
         """Remember what was written (the ledger itself is replaced atomically)."""
         for path in paths:
             self.records[Path(path).relative_to(self.folder).as_posix()] = file_identity(path)
-        partial = self.path.with_name(f"{self.path.name}.partial-{os.getpid()}")
-        partial.write_text(json.dumps({"command": self.command, "files": self.records}, indent=1) + "\n",
-                           encoding="utf-8")
-        os.replace(partial, self.path)
+        text = json.dumps({"command": self.command, "files": self.records}, indent=1) + "\n"
+        write_atomically(self.path, lambda target: target.write_text(text, encoding="utf-8"))

@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from offline_seg.classes import ClassList, voc_palette
 from offline_seg.errors import InvalidInputError
+from offline_seg.io.atomic import write_atomically
 from offline_seg.io.inputs import safe_name, safe_relative, sha256_file
 from offline_seg.types import SegmentationResult
 
@@ -212,11 +213,6 @@ def save_result(
     }
     files = {}
     for kind, path in paths.items():
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            writers[kind](partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_atomically(path, writers[kind])
         files[kind] = {"path": str(path.relative_to(out_dir)), **file_identity(path)}
     return files

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from offline_seg.io.atomic import write_atomically
 from offline_seg.io.store import settings_key
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,5 @@ class PhraseCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"meta": self.meta, "answers": self._answers}, indent=1, sort_keys=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(text)
-            os.replace(temporary, self.path)
-        except OSError:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, lambda target: target.write_text(text, encoding="utf-8"))
         self._dirty = False
