@@ -12,7 +12,7 @@ from offline_seg.cli.common import _go_offline, _setup_logging, main
 from offline_seg.cli.segment import _run_segment
 from offline_seg.demo import DEMO_PHOTO, DEMO_PHOTO_CREDIT, demo_image
 from offline_seg.errors import InvalidInputError, MissingWeightsError
-from offline_seg.io.guards import check_out_dir
+from offline_seg.io.guards import check_out_dir, new_or_empty
 
 
 def _png(image) -> bytes:
@@ -66,7 +66,7 @@ def demo(weights_dir: Path | None, tiny: bool, out_dir: Path, device: str, verbo
 
             weights_dir = out_dir / "tiny-weights"
             if not (weights_dir / "weights.lock.json").is_file():
-                if weights_dir.exists() and (not weights_dir.is_dir() or any(weights_dir.iterdir())):
+                if not new_or_empty(weights_dir):
                     raise InvalidInputError(f"{weights_dir} holds files that are not tiny weights; choose another --out")
                 click.echo(f"writing tiny random models to {weights_dir} ...")
                 make_tiny_weights(weights_dir)

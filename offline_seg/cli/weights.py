@@ -105,9 +105,10 @@ def weights_make_tiny(directory: Path, seed: int) -> None:
     _go_offline()
     _setup_logging(0)
     from offline_seg.errors import InvalidInputError
+    from offline_seg.io.guards import new_or_empty
     from offline_seg.tiny import make_tiny_weights
 
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if not new_or_empty(directory):
         raise InvalidInputError(f"{directory} is not an empty folder: tiny random models are written only into a "
                                 "new or empty one (never over real weights)")
     make_tiny_weights(directory, seed=seed)

@@ -26,6 +26,12 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+def new_or_empty(folder: Path) -> bool:
+    """Whether a command that fills a whole folder (tiny weights, a converted model) may write into `folder`."""
+    folder = Path(folder)
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
 def check_out_dir(out: Path, *, input_files: Iterable[Path] = (), folders: Mapping[str, Iterable[Path | None]] = {}) -> None:
     """Refuse an output folder that is a file, that is, contains or lies inside one of `folders` (e.g.
     {"input folder": [...], "ground-truth folder": [...], "weights folder": [...]}), or that contains an

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from offline_seg.errors import InvalidInputError, MissingWeightsError
+from offline_seg.io.guards import new_or_empty
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def gguf_to_hf(gguf: Path, out_dir: Path, *, dtype: str = "bfloat16") -> Path:
     with open(gguf, "rb") as handle:
         if handle.read(4) != b"GGUF":
             raise InvalidInputError(f"{gguf} is not a GGUF file (it does not start with the GGUF magic bytes)")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if not new_or_empty(out_dir):
         raise InvalidInputError(f"{out_dir} is not an empty folder: the converted model is written only into a new "
                                 "or empty one")
     torch_dtype = getattr(torch, dtype)
