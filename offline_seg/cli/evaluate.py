@@ -63,9 +63,9 @@ def evaluate_command(pred_dir: Path, gt_dir: Path, preset, classes, out_dir: Pat
         gt_suffix=gt_suffix, pred_suffix=pred_suffix, protocol=protocol,
         progress=lambda keys: tqdm(keys, desc="eval", unit="img", disable=len(keys) < 2),
     )
-    targets = tables + [path for path, _ in worst.panel_paths(report, out_dir / "worst", num_worst)]
-    ledger.check(targets)
-    ledger.remove_stale(targets)  # an earlier eval's worst panels: this folder shows this result only
+    panel_files = [path for path, _ in worst.panel_paths(report, out_dir / "worst", num_worst)]
+    ledger.check(panel_files)  # the tables were checked before scoring
+    ledger.remove_stale(tables + panel_files)  # an earlier eval's worst panels: this folder shows this result only
     out_dir.mkdir(parents=True, exist_ok=True)
     writers.write_csv(report, tables[0])
     writers.write_markdown(report, tables[1])
