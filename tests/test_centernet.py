@@ -3,6 +3,7 @@ post-refinement decides, the chain it runs, and the real ONNX model on the bundl
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -154,6 +155,24 @@ def test_preflight_asks_for_centernet_sam_onnx_and_the_embedder_only(tmp_path):
                                        "--segmenter", "onnx", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "offline-seg weights pull centernet" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_damaged_centernet_stops_the_run_once_naming_the_file(tmp_path, minilm_dir):
+    """Like every model file: not each image's failure, one line before the first image is written."""
+    weights = tmp_path / "weights"
+    for name in ("sam_onnx/encoder.onnx", "sam_onnx/decoder.onnx"):
+        (weights / name).parent.mkdir(parents=True, exist_ok=True)
+        (weights / name).write_bytes(b"")
+    (weights / "centernet").mkdir()
+    (weights / "centernet" / "centernet.onnx").write_bytes(b"\x08\x07 not a model")
+    (weights / "centernet" / "classes.json").write_text(json.dumps(list(COCO_NAMES)))
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 32)).save(tmp_path / name)
+    result = CliRunner().invoke(main, ["segment", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--weights",
+                                       str(weights), "--detector", "centernet", "--segmenter", "onnx", "--embedder",
+                                       str(minilm_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "cannot load the centernet model" in result.output, result.output
+    assert "centernet.onnx is damaged" in result.output and "skipped" not in result.output
 
 
 # --- the real model ------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.errors import MissingWeightsError
+from offline_seg.models.loading import onnx_session
 
 logger = logging.getLogger(__name__)
 
@@ -113,15 +113,10 @@ class CenterNetOnnx:
 
     def _open(self):
         if self._session is None:
-            import onnxruntime
-
             path = self.model_dir / MODEL_FILE
             if not path.is_file():
                 raise MissingWeightsError(path, component="centernet")
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = self.threads or os.cpu_count() or 1
-            options.log_severity_level = 3
-            self._session = onnxruntime.InferenceSession(str(path), options, providers=self.providers)
+            self._session = onnx_session("centernet", path, self.threads, self.providers)
             logger.info("loaded CenterNet ONNX from %s", path)
         return self._session
 

