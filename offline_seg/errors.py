@@ -49,6 +49,12 @@ class MissingWeightsError(OfflineSegError, FileNotFoundError):
         return error
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" when it has none): what a one-line report shows of it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class InvalidInputError(OfflineSegError, ValueError):
     """The user's input (image, class list, option) cannot be used."""
 

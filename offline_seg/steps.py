@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from offline_seg.errors import InvalidInputError, OfflineSegError
+from offline_seg.errors import InvalidInputError, OfflineSegError, first_line
 from offline_seg.io.images import load_image
 from offline_seg.io.outputs import decode_rle, encode_rle
 from offline_seg.stages.composer import compose
@@ -254,7 +254,7 @@ def labelled_detections(values: dict[str, Any]) -> Detections:
 
 # --- failures -------------------------------------------------------------------------------------------
 def failure_reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = first_line(error)
     return f"{type(error).__name__}: {text}" if not isinstance(error, InvalidInputError) else text
 
 

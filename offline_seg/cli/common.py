@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from offline_seg.classes import PROTOCOLS, ClassList
-from offline_seg.errors import InvalidInputError, OfflineSegError
+from offline_seg.errors import InvalidInputError, OfflineSegError, first_line
 
 logger = logging.getLogger("offline_seg")
 
@@ -130,8 +130,7 @@ class _Group(click.Group):
         except Exception as error:  # noqa: BLE001 - the last line of defence: one line, exit 2, never 1
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 traceback.print_exc()
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            say(f"error: unexpected {type(error).__name__}: {first} (a bug in offline_seg: run it again with -vv "
+            say(f"error: unexpected {type(error).__name__}: {first_line(error)} (a bug in offline_seg: run it again with -vv "
                 "and report the traceback)", fg="red", err=True)
             ctx.exit(2)
         finally:

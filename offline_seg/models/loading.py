@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
-from offline_seg.errors import ModelLoadError, OfflineSegError
+from offline_seg.errors import ModelLoadError, OfflineSegError, first_line
 
 # Files whose structure can be checked cheaply, to name the damaged one when a load fails.
 _CHECKED = ("*.json", "*.safetensors", "*.onnx", "*.txt")
@@ -29,7 +29,7 @@ def loading(component: str, path: Path | str) -> Iterator[None]:
             raise
         path = Path(path)
         culprit = damaged_file(path) or path
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error) or type(error).__name__
         raise ModelLoadError(
             f"cannot load the {component} model: {culprit} is damaged or not what the loader expects "
             f"({type(error).__name__}: {reason[:300]}); check the weights with `offline-seg weights verify` "
